@@ -1,0 +1,1 @@
+"""Bundled YAML configs, one per algorithm x environment."""

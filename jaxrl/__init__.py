@@ -1,0 +1,29 @@
+"""jaxrl: reinforcement learning where environments, rollouts and updates are one compiled JAX program.
+
+    import jax, jaxrl
+    config = jaxrl.load_config("ppo_cartpole", total_steps=100_000)
+    train = jaxrl.make_train(config)
+    out = jax.jit(train)(jax.random.key(0))                          # one run
+    outs = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 64))  # 64 seeds at once
+
+Heavy modules (jax, flax, distrax) load on first use, so the command line starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from jaxrl.config import Config, ConfigError, load_config
+
+__version__ = "0.1.0"
+__all__ = ["Config", "ConfigError", "load_config", "make_train", "seed_keys", "TrainOutput", "TrainState"]
+
+_LAZY = {"make_train": "jaxrl.loop", "TrainOutput": "jaxrl.loop", "TrainState": "jaxrl.loop",
+         "seed_keys": "jaxrl.loop"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jaxrl' has no attribute {name!r}")

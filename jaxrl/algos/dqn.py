@@ -1,0 +1,154 @@
+"""Deep Q-Networks (Mnih et al., 2015) with Double-DQN targets and a Dueling head as options.
+
+Each iteration adds the rollout to a device-resident replay buffer, then (once
+``learning_starts`` env steps are stored) takes ``updates_per_iteration`` gradient steps on
+uniformly sampled minibatches. The target network follows the online one every
+``target_update_interval`` gradient steps: a hard copy when ``tau = 1``, Polyak averaging
+``target <- tau * online + (1 - tau) * target`` otherwise. Exploration is epsilon-greedy with
+epsilon decaying linearly from ``eps_start`` to ``eps_end`` over ``eps_fraction`` of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxrl import config as cfg
+from jaxrl import optim, replay
+from jaxrl.loop import Context, Spec, Transition
+from jaxrl.networks import QNetwork
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(cfg.Config):
+    algo: str = "dqn"
+    num_envs: int = 8
+    num_steps: int = 1
+    activation: str = "relu"
+    hidden: tuple[int, ...] = (120, 84)
+    buffer_size: int = 10_000
+    batch_size: int = 128
+    learning_starts: int = 1_000  # env steps stored before the first gradient step
+    updates_per_iteration: int = 1
+    target_update_interval: int = 100  # in gradient steps
+    double: bool = True
+    dueling: bool = False
+    huber: bool = True  # Huber (smooth L1) TD loss instead of squared error
+    lr: float = cfg.traced(2.5e-4)
+    max_grad_norm: float = cfg.traced(10.0)
+    tau: float = cfg.traced(1.0)
+    eps_start: float = cfg.traced(1.0)
+    eps_end: float = cfg.traced(0.05)
+    eps_fraction: float = cfg.traced(0.5)  # of total_steps spent decaying epsilon
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("buffer_size", "batch_size", "updates_per_iteration", "target_update_interval"):
+            cfg._require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        cfg._require(
+            self.buffer_size >= self.steps_per_iteration,
+            f"buffer_size={self.buffer_size} cannot hold one iteration's "
+            f"num_envs * num_steps = {self.steps_per_iteration} transitions",
+        )
+        cfg._require(
+            self.steps_per_iteration <= self.learning_starts <= self.buffer_size,
+            f"learning_starts={self.learning_starts} must lie between one iteration's "
+            f"{self.steps_per_iteration} transitions and buffer_size={self.buffer_size}",
+        )
+        cfg._require(self.learning_starts < self.total_steps,
+                     f"learning_starts={self.learning_starts} leaves no steps to learn in total_steps={self.total_steps}")
+        cfg._require(0.0 < self.tau <= 1.0, f"tau must be in (0, 1], got {self.tau}")
+        cfg._require(0.0 <= self.eps_end <= self.eps_start <= 1.0,
+                     f"need 0 <= eps_end <= eps_start <= 1, got {self.eps_end}, {self.eps_start}")
+        cfg._require(self.eps_fraction > 0, f"eps_fraction must be > 0, got {self.eps_fraction}")
+
+
+def check(config: Config, spec: Spec) -> None:
+    if not spec.discrete:
+        raise cfg.ConfigError(f"dqn needs a discrete action space; {config.env} has {spec.action_space}")
+
+
+class State(struct.PyTreeNode):
+    params: dict
+    target_params: dict
+    opt_state: tuple
+    buffer: replay.Buffer
+    updates: jax.Array  # gradient steps taken (drives target-network updates)
+
+
+def network(ctx: Context) -> QNetwork:
+    c = ctx.config
+    return QNetwork(ctx.spec.action_dim, c.hidden, c.activation, c.dueling, ctx.spec.obs_shape)
+
+
+def init(ctx: Context, key: jax.Array) -> State:
+    obs = jnp.zeros(ctx.spec.obs_shape, jnp.float32)
+    params = network(ctx).init(key, obs[None])
+    item = {"obs": obs, "action": jnp.int32(0), "reward": jnp.float32(0),
+            "terminated": jnp.bool_(False), "next_obs": obs}
+    return State(params, params, optim.adam(ctx.hp["max_grad_norm"]).init(params),
+                 replay.create(item, ctx.config.buffer_size), jnp.int32(0))
+
+
+def epsilon(ctx: Context) -> jax.Array:
+    hp = ctx.hp
+    decay_steps = hp["eps_fraction"] * ctx.config.total_steps
+    frac = jnp.clip(1.0 - ctx.env_steps / decay_steps, 0.0, 1.0)
+    return hp["eps_end"] + (hp["eps_start"] - hp["eps_end"]) * frac
+
+
+def act(ctx: Context, agent: State, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, dict]:
+    k_explore, k_random = jax.random.split(key)
+    greedy = network(ctx).apply(agent.params, obs).argmax(-1)
+    random = jax.random.randint(k_random, greedy.shape, 0, ctx.spec.action_dim)
+    explore = jax.random.uniform(k_explore, greedy.shape) < epsilon(ctx)
+    return jnp.where(explore, random, greedy).astype(jnp.int32), {}
+
+
+def loss(ctx: Context, params: dict, target_params: dict, b: dict) -> tuple[jax.Array, dict]:
+    net, gamma = network(ctx), ctx.hp["gamma"]
+    q_next_target = net.apply(target_params, b["next_obs"])
+    chooser = net.apply(params, b["next_obs"]) if ctx.config.double else q_next_target
+    best = jnp.take_along_axis(q_next_target, chooser.argmax(-1)[:, None], -1)[:, 0]
+    target = b["reward"] + gamma * (1.0 - b["terminated"]) * best
+    q = jnp.take_along_axis(net.apply(params, b["obs"]), b["action"][:, None], -1)[:, 0]
+    err = q - jax.lax.stop_gradient(target)
+    per_item = optax.huber_loss(err) if ctx.config.huber else 0.5 * err**2
+    return per_item.mean(), {"q_mean": q.mean()}
+
+
+def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple[State, dict]:
+    c, hp = ctx.config, ctx.hp
+    items = {"obs": traj.obs, "action": traj.action, "reward": traj.reward,
+             "terminated": traj.terminated, "next_obs": traj.next_obs}
+    items = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), items)
+    agent = agent.replace(buffer=replay.add(agent.buffer, items))
+    tx, lr = optim.adam(hp["max_grad_norm"]), ctx.learning_rate()
+
+    def update(agent: State, step_key: jax.Array) -> tuple[State, dict]:
+        batch = replay.sample(agent.buffer, step_key, c.batch_size)
+        batch["terminated"] = batch["terminated"].astype(jnp.float32)
+        params, opt_state, metrics = optim.gradient_step(
+            tx, lr, agent.params, agent.opt_state,
+            lambda p, b: loss(ctx, p, agent.target_params, b), batch)
+        updates = agent.updates + 1
+        sync = updates % c.target_update_interval == 0
+        tau = jnp.where(sync, hp["tau"], 0.0)
+        target = optax.incremental_update(params, agent.target_params, tau)
+        return agent.replace(params=params, target_params=target, opt_state=opt_state, updates=updates), metrics
+
+    def train(agent: State) -> tuple[State, dict]:
+        agent, metrics = jax.lax.scan(update, agent, jax.random.split(key, c.updates_per_iteration))
+        return agent, jax.tree.map(jnp.mean, metrics)
+
+    def wait(agent: State) -> tuple[State, dict]:  # replay warm-up: no gradient steps yet
+        shapes = jax.eval_shape(train, agent)[1]
+        return agent, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+    ready = ctx.env_steps + c.steps_per_iteration >= c.learning_starts
+    agent, metrics = jax.lax.cond(ready, train, wait, agent)
+    return agent, {**metrics, "lr": lr, "epsilon": epsilon(ctx)}

@@ -1,0 +1,265 @@
+"""Typed run configuration: YAML files, ``key=value`` overrides and validation before compiling.
+
+A config is a frozen dataclass. Each algorithm subclasses :class:`Config` with its own fields.
+Fields are either *static* (shapes, counts, switches: changing them means a new compiled
+program) or *traced* hyperparameters (declared with :func:`traced`), which enter the compiled
+``train(key, hparams)`` as float32 arrays and can therefore be vmapped over in a sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import importlib.resources
+import math
+import pkgutil
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")  # names of flax.linen activation functions
+
+
+class ConfigError(ValueError):
+    """A config that cannot run, reported before anything is compiled."""
+
+
+def traced(default: float) -> Any:
+    """A hyperparameter that is an input of the compiled program, not a constant in it."""
+    return dataclasses.field(default=default, metadata={"traced": True})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Fields every algorithm shares."""
+
+    algo: str
+    env: str = "CartPole-v1"
+    env_kwargs: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    total_steps: int = 500_000
+    num_envs: int = 4
+    num_steps: int = 128  # env steps per env per iteration
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    anneal_lr: bool = False  # decay lr linearly to 0 over training
+    gamma: float = traced(0.99)
+    lr: float = traced(2.5e-4)
+    max_grad_norm: float = traced(0.5)
+
+    # ----------------------------------------------------------------- derived sizes
+    @property
+    def steps_per_iteration(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_iterations(self) -> int:
+        return self.total_steps // self.steps_per_iteration
+
+    # ----------------------------------------------------------------- traced part
+    @classmethod
+    def traced_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("traced"))
+
+    def hparams(self) -> dict[str, Any]:
+        """The traced hyperparameters as float32 scalars (the default ``hparams`` of train)."""
+        import jax.numpy as jnp
+
+        return {name: jnp.float32(getattr(self, name)) for name in self.traced_names()}
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for settings that cannot run; subclasses extend it."""
+        for name in ("total_steps", "num_envs", "num_steps"):
+            _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _require(
+            self.total_steps >= self.steps_per_iteration,
+            f"total_steps={self.total_steps} is less than one iteration "
+            f"(num_envs * num_steps = {self.steps_per_iteration})",
+        )
+        _require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
+                 f"hidden must list positive layer widths, got {self.hidden}")
+        _require(self.activation in ACTIVATIONS,
+                 f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        _require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1], got {self.gamma}")
+        _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _require(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+
+    def rounding_note(self) -> str | None:
+        """Why the run takes fewer env steps than ``total_steps`` asked for, if it does."""
+        if self.total_steps % self.steps_per_iteration == 0:
+            return None
+        return (f"total_steps={self.total_steps} is not a multiple of num_envs * num_steps = "
+                f"{self.steps_per_iteration}: running {self.num_iterations} iterations = "
+                f"{self.num_iterations * self.steps_per_iteration} env steps")
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes`` applied, coerced and validated like a loaded config."""
+        return build(type(self), {**dataclasses.asdict(self), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-safe dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+# --------------------------------------------------------------------------- algorithms
+def algo_names() -> list[str]:
+    """Algorithms available: one module per family under ``jaxrl/algos``."""
+    import jaxrl.algos
+
+    return sorted(m.name for m in pkgutil.iter_modules(jaxrl.algos.__path__) if not m.name.startswith("_"))
+
+
+def algo_module(name: str) -> types.ModuleType:
+    """The module implementing algorithm ``name`` (it defines ``Config``, ``init``, ``act``, ``learn``)."""
+    names = algo_names()
+    if name not in names:
+        raise ConfigError(f"unknown algo {name!r}; available: {', '.join(names)}" + _suggest(name, names))
+    return importlib.import_module(f"jaxrl.algos.{name}")
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=3)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+# --------------------------------------------------------------------------- loading
+def config_names() -> list[str]:
+    """Names of the bundled configs in ``configs/`` (usable as ``jaxrl train NAME``)."""
+    files = importlib.resources.files("jaxrl.configs")
+    return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str | Path) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        text = path.read_text()
+    else:
+        names = config_names()
+        if str(name_or_path) not in names:
+            raise ConfigError(
+                f"unknown config {str(name_or_path)!r}; bundled configs: {', '.join(names)}"
+                + _suggest(str(name_or_path), names)
+            )
+        text = (importlib.resources.files("jaxrl.configs") / f"{name_or_path}.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {str(name_or_path)!r} must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=3e-4", "hidden=[32,32]", "env_kwargs.backend=spring"]`` -> a dict (YAML-typed values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        value = yaml.safe_load(raw) if raw else ""
+        if "." in key:
+            head, _, sub = key.partition(".")
+            out.setdefault(head, {})[sub] = value
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(name_or_path: str | Path, **overrides: Any) -> Config:
+    """Load a bundled config by name (``"ppo_cartpole"``) or a YAML path, apply overrides, validate.
+
+    Overrides are keyword arguments (``load_config("ppo_cartpole", lr=1e-3)``); a ``dict`` given
+    for ``env_kwargs`` is merged into the file's ``env_kwargs``.
+    """
+    data = _read_yaml(name_or_path)
+    if "algo" not in data and "algo" not in overrides:
+        raise ConfigError(f"config {str(name_or_path)!r} has no 'algo' key; algorithms: {', '.join(algo_names())}")
+    for key, value in overrides.items():
+        if key == "env_kwargs" and isinstance(value, dict):
+            data["env_kwargs"] = {**(data.get("env_kwargs") or {}), **value}
+        else:
+            data[key] = value
+    cls = algo_module(str(data.get("algo"))).Config
+    return build(cls, data)
+
+
+def build(cls: type[Config], data: dict[str, Any]) -> Config:
+    """Construct ``cls`` from a plain dict: reject unknown keys, coerce types, validate."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(
+            f"unknown config key {key!r} for algo {data.get('algo')!r}" + _suggest(key, list(fields))
+            + f"; valid keys: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
+    try:
+        config = cls(**values)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(str(err)) from None
+    config.validate()
+    return config
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's type; accept lossless conversions (``5e5`` for an int)."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        number = _number(value)
+        if number is not None and not isinstance(value, bool) and float(number).is_integer():
+            return int(number)
+    elif hint is float:
+        number = _number(value)
+        if number is not None and not isinstance(value, bool) and math.isfinite(number):
+            return float(number)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        if value is None:
+            return {}
+    elif origin is tuple:
+        items = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        if isinstance(items, (list, tuple)):
+            inner = typing.get_args(hint)[0]
+            return tuple(_coerce(name, v, inner) for v in items)
+    raise ConfigError(f"config key {name!r} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):  # YAML 1.1 reads "5e5" as a string
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {typing.get_args(hint)[0].__name__}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, "a mapping"
+    )

@@ -1,0 +1,223 @@
+"""The one training loop: ``make_train(config)`` builds a pure ``train(key, hparams)``.
+
+An algorithm module supplies ``Config``, ``init(ctx, key)``, ``act(ctx, agent, obs, key)`` and
+``learn(ctx, agent, traj, key)`` (plus an optional ``check(config, spec)``); everything else —
+stepping vmapped environments, episode statistics, observation normalisation, reward scaling,
+metrics and iteration — lives here, once.
+
+One iteration = a rollout of ``num_steps`` steps in each of ``num_envs`` envs (``lax.scan``),
+then ``learn`` on that time-major batch. ``train`` scans iterations; the same iteration body
+also runs in chunks (``train.run_chunk``) so a host driver can report progress between them.
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxrl import envs
+from jaxrl.config import Config, ConfigError, algo_module
+from jaxrl.normalize import RewardScaler, RunningStats
+
+Metrics = dict[str, jax.Array]
+
+
+class Spec(NamedTuple):
+    """What an algorithm needs to know about the environment."""
+
+    obs_shape: tuple[int, ...]
+    action_space: Any  # envs.Discrete | envs.Box
+
+    @property
+    def discrete(self) -> bool:
+        return isinstance(self.action_space, envs.Discrete)
+
+    @property
+    def action_dim(self) -> int:
+        """Number of actions (discrete) or action vector size (continuous)."""
+        space = self.action_space
+        return int(space.n) if self.discrete else int(jnp.prod(jnp.array(space.shape)))
+
+
+class Context(NamedTuple):
+    """Everything an algorithm function may read: static config and spec, traced values.
+
+    ``iteration`` comes from the scan over iterations, not from the (possibly vmapped) train
+    state, so it is unbatched across seeds: conditionals on it stay real branches.
+    """
+
+    config: Config
+    spec: Spec
+    hp: dict[str, jax.Array]  # traced hyperparameters
+    iteration: jax.Array  # int32 index of the current iteration
+
+    @property
+    def progress(self) -> jax.Array:
+        """Fraction of training done at the start of this iteration, in [0, 1)."""
+        return self.iteration.astype(jnp.float32) / self.config.num_iterations
+
+    @property
+    def env_steps(self) -> jax.Array:
+        """Env steps taken before this iteration (float32)."""
+        return self.iteration.astype(jnp.float32) * self.config.steps_per_iteration
+
+    def learning_rate(self) -> jax.Array:
+        """``lr``, linearly annealed to 0 over training when ``config.anneal_lr``."""
+        if self.config.anneal_lr:
+            return self.hp["lr"] * (1.0 - self.progress)
+        return self.hp["lr"]
+
+
+class Transition(struct.PyTreeNode):
+    """A time-major rollout ``(T, N, ...)``; ``next_obs`` is the true next observation (the
+    final one at episode ends, before the auto-reset), for bootstrapping at truncations."""
+
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    next_obs: jax.Array
+    extras: dict[str, jax.Array]  # whatever ``act`` returned (log-probs, values, ...)
+
+
+class TrainState(struct.PyTreeNode):
+    """All state that changes during training, in one pytree (checkpoint it whole)."""
+
+    agent: Any
+    env_state: Any
+    obs: jax.Array
+    obs_stats: RunningStats
+    reward_scaler: RewardScaler
+    key: jax.Array
+    iteration: jax.Array
+
+
+class TrainOutput(struct.PyTreeNode):
+    state: TrainState
+    metrics: Metrics  # each of shape (num_iterations,) (plus leading vmap axes)
+
+
+def make_env(config: Config) -> tuple[envs.Environment, Any]:
+    """The training env (auto-reset, episode statistics) and its params, or a ConfigError."""
+    try:
+        env, params = envs.make(config.env, **config.env_kwargs)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return envs.wrap_for_training(env), params
+
+
+def make_train(config: Config) -> types.FunctionType:
+    """Build ``train(key, hparams=None) -> TrainOutput`` for ``config``.
+
+    ``hparams`` maps traced hyperparameter names to (possibly batched) values; missing names
+    take the config's values. The returned function also carries ``init(key, hparams)``,
+    ``run_chunk(state, hparams, start, length)`` and ``num_iterations`` for chunked drivers.
+    """
+    config.validate()
+    if config.rounding_note():
+        warnings.warn(config.rounding_note(), stacklevel=2)
+    algo = algo_module(config.algo)
+    env, env_params = make_env(config)
+    obs_space = env.observation_space(env_params)
+    spec = Spec(tuple(obs_space.shape), env.action_space(env_params))
+    if hasattr(algo, "check"):
+        algo.check(config, spec)
+    n_envs, n_steps, n_iters = config.num_envs, config.num_steps, config.num_iterations
+    step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def hparams_of(hparams: dict | None) -> dict[str, jax.Array]:
+        names = config.traced_names()
+        extra = set(hparams or {}) - set(names)
+        if extra:
+            raise ConfigError(f"unknown traced hyperparameter(s) {sorted(extra)}; traced: {list(names)}")
+        hp = config.hparams()
+        hp.update({k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()})
+        return hp
+
+    def init(key: jax.Array, hparams: dict | None = None) -> TrainState:
+        hp = hparams_of(hparams)
+        key, k_env, k_agent = jax.random.split(key, 3)
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, n_envs), env_params)
+        agent = algo.init(Context(config, spec, hp, jnp.int32(0)), k_agent)
+        return TrainState(agent, env_state, obs, RunningStats.create(spec.obs_shape),
+                          RewardScaler.create(n_envs), key, jnp.int32(0))
+
+    def iteration(state: TrainState, hp: dict, i: jax.Array) -> tuple[TrainState, Metrics]:
+        ctx = Context(config, spec, hp, i)
+        key, k_roll, k_learn = jax.random.split(state.key, 3)
+        normalize = state.obs_stats.normalize if config.normalize_obs else (lambda x: x)
+
+        def env_step(carry, step_key):
+            env_state, obs = carry
+            k_act, k_env = jax.random.split(step_key)
+            action, extras = algo.act(ctx, state.agent, normalize(obs), k_act)
+            next_obs, env_state, reward, term, trunc, info = step_envs(
+                jax.random.split(k_env, n_envs), env_state, action, env_params)
+            transition = Transition(obs, action, reward, term, trunc, info["final_obs"], extras)
+            episode = (info["episode_done"], info["episode_return"], info["episode_length"])
+            return (env_state, next_obs), (transition, episode)
+
+        (env_state, obs), (traj, (ep_done, ep_return, ep_length)) = jax.lax.scan(
+            env_step, (state.env_state, state.obs), jax.random.split(k_roll, n_steps))
+
+        obs_stats, scaler = state.obs_stats, state.reward_scaler
+        if config.normalize_obs:  # learn on exactly what the policy saw (the old statistics)
+            obs_stats = obs_stats.update(traj.obs)
+            traj = traj.replace(obs=normalize(traj.obs), next_obs=normalize(traj.next_obs))
+        if config.normalize_reward:
+            scaler, scaled = scaler.scale(traj.reward, traj.terminated | traj.truncated, hp["gamma"])
+            traj = traj.replace(reward=scaled)
+
+        agent, metrics = algo.learn(ctx, state.agent, traj, k_learn)
+        finished = ep_done.sum()
+        mean_of_finished = lambda x: jnp.where(  # noqa: E731
+            finished > 0, (x * ep_done).sum() / jnp.maximum(finished, 1), jnp.nan)
+        metrics = {
+            "env_steps": ctx.env_steps + config.steps_per_iteration,
+            "episodes": finished.astype(jnp.float32),
+            "episode_return": mean_of_finished(ep_return),
+            "episode_length": mean_of_finished(ep_length.astype(jnp.float32)),
+            **metrics,
+        }
+        new_state = TrainState(agent, env_state, obs, obs_stats, scaler, key, state.iteration + 1)
+        return new_state, metrics
+
+    def run_chunk(state: TrainState, hparams: dict | None, start: jax.Array, length: int) -> tuple[TrainState, Metrics]:
+        """``length`` iterations from iteration ``start``; those past the end are skipped.
+
+        ``start`` is an unbatched int32, so one compiled chunk serves every chunk of a run,
+        the last (partial) one included; skipped iterations return NaN metrics.
+        """
+        hp = hparams_of(hparams)
+
+        def body(state, i):
+            empty = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype),
+                                 jax.eval_shape(iteration, state, hp, i)[1])
+            return jax.lax.cond(i < n_iters, lambda s: iteration(s, hp, i), lambda s: (s, empty), state)
+
+        return jax.lax.scan(body, state, start + jnp.arange(length, dtype=jnp.int32))
+
+    def train(key: jax.Array, hparams: dict | None = None) -> TrainOutput:
+        hp = hparams_of(hparams)
+        state, metrics = jax.lax.scan(lambda s, i: iteration(s, hp, i), init(key, hp),
+                                      jnp.arange(n_iters, dtype=jnp.int32))
+        return TrainOutput(state, metrics)
+
+    train.init = init
+    train.run_chunk = run_chunk
+    train.num_iterations = n_iters
+    train.config = config
+    train.spec = spec
+    return train
+
+
+def seed_keys(seed: int, num_seeds: int) -> jax.Array:
+    """Keys for seeds ``seed, seed+1, ...``: run ``i`` of a vmapped batch equals a single run
+    with ``jax.random.key(seed + i)``."""
+    return jax.vmap(jax.random.key)(jnp.arange(seed, seed + num_seeds))

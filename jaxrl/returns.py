@@ -1,0 +1,226 @@
+"""Return and advantage estimators over time-major rollouts.
+
+Every function takes arrays of shape ``(T, ...)`` (typically ``(T, N)`` for N parallel envs;
+any trailing batch shape works) and treats step ``t`` as the transition
+``s_t --a_t--> (r_t, s'_t)``:
+
+- ``rewards[t]``: reward received after acting at ``t``.
+- ``values[t]``: ``V(s_t)``.
+- ``next_values[t]``: ``V(s'_t)``, the value of the *true* next state. At an episode end this is
+  the final observation before the auto-reset, so within an episode
+  ``next_values[t] == values[t + 1]`` and ``next_values[T - 1]`` bootstraps the rollout end.
+- ``terminated[t]``: the episode reached a terminal state; the next value counts as 0.
+- ``truncated[t]``: the episode was cut by a time limit; bootstrap from ``next_values[t]`` but do
+  not let the trace continue into ``t + 1``, which belongs to a new episode. If both flags are
+  set, ``terminated`` wins.
+
+Flags may be bools or 0/1 numbers. ``gamma`` and ``lam`` may be traced scalars (so they can be
+swept with ``vmap``); ``n`` of :func:`nstep_returns` is static. Results are computed in the
+promoted floating dtype of the inputs, at least float32.
+
+All three estimators are built on one reverse linear recurrence
+``y_t = x_t + c_t * y_{t+1}`` with ``c_t = gamma * lam * (1 - done_t)``: GAE and TD(lambda) solve
+it over the whole rollout (differing in ``x_t`` and ``y_T``), n-step returns iterate it ``n``
+times with ``lam = 1``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["gae", "td_lambda", "nstep_returns"]
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+
+def _check_shapes(**arrays: Array) -> tuple[int, ...]:
+    """Fail early, at trace time, unless all arrays share one shape with a time axis."""
+    shapes = {name: jnp.shape(a) for name, a in arrays.items()}
+    shape = next(iter(shapes.values()))
+    if len(set(shapes.values())) != 1:
+        listed = ", ".join(f"{name}{s}" for name, s in shapes.items())
+        raise ValueError(f"all inputs must have the same time-major shape (T, ...); got {listed}")
+    if len(shape) == 0 or shape[0] == 0:
+        raise ValueError(f"inputs need a non-empty leading time axis (T, ...); got shape {shape}")
+    return shape
+
+
+def _prepare(
+    rewards: ArrayLike,
+    next_values: ArrayLike,
+    terminated: ArrayLike,
+    truncated: ArrayLike,
+    gamma: ArrayLike,
+    lam: ArrayLike,
+    values: ArrayLike | None = None,
+) -> tuple[Array, Array, Array, Array, Array | None]:
+    """Validate and cast the inputs, and fold the flags into per-step discounts.
+
+    Returns ``(rewards, next_values, discount, trace, values)`` in one float dtype, with
+    ``discount_t = gamma * (1 - term_t)`` (how much ``next_v_t`` counts) and
+    ``trace_t = gamma * lam * (1 - done_t)`` (how much step ``t+1`` feeds back into ``t``),
+    where ``done = terminated | truncated``.
+    """
+    arrays = dict(rewards=rewards, next_values=next_values, terminated=terminated,
+                  truncated=truncated)
+    if values is not None:
+        arrays["values"] = values
+    _check_shapes(**arrays)
+    floats = [rewards, next_values] + ([] if values is None else [values])
+    dtype = jnp.result_type(*floats, jnp.float32)
+    term = jnp.asarray(terminated).astype(bool)
+    done = term | jnp.asarray(truncated).astype(bool)
+    gamma = jnp.asarray(gamma, dtype)
+    return (
+        jnp.asarray(rewards, dtype),
+        jnp.asarray(next_values, dtype),
+        gamma * (~term).astype(dtype),
+        gamma * jnp.asarray(lam, dtype) * (~done).astype(dtype),
+        None if values is None else jnp.asarray(values, dtype),
+    )
+
+
+def _reverse_linear_scan(x: Array, c: Array, last: Array) -> Array:
+    """Solve ``y_t = x_t + c_t * y_{t+1}`` for ``t = T-1 .. 0`` with ``y_T = last``.
+
+    ``x`` and ``c`` have shape ``(T, ...)``; ``last`` has the trailing shape ``(...)``.
+    """
+
+    def step(y_next: Array, xc: tuple[Array, Array]) -> tuple[Array, Array]:
+        x_t, c_t = xc
+        y_t = x_t + c_t * y_next
+        return y_t, y_t
+
+    _, y = lax.scan(step, jnp.broadcast_to(last, x.shape[1:]).astype(x.dtype), (x, c),
+                    reverse=True)
+    return y
+
+
+def gae(
+    rewards: ArrayLike,
+    values: ArrayLike,
+    next_values: ArrayLike,
+    terminated: ArrayLike,
+    truncated: ArrayLike,
+    gamma: ArrayLike,
+    lam: ArrayLike,
+) -> tuple[Array, Array]:
+    """Generalized Advantage Estimation (Schulman et al., 2016).
+
+    Exponentially weighted sum of TD errors, cut at episode boundaries::
+
+        delta_t = r_t + gamma * (1 - term_t) * next_v_t - v_t
+        A_t     = delta_t + gamma * lam * (1 - done_t) * A_{t+1},   A_T = 0
+        R_t     = A_t + v_t
+
+    with ``done = terminated | truncated``: a truncated step still bootstraps through
+    ``delta_t``, but its advantage does not pull in the next episode's errors.
+    ``lam = 0`` gives the one-step TD error, ``lam = 1`` the Monte-Carlo return (bootstrapped at
+    truncations and the rollout end) minus ``v_t``.
+
+    Returns:
+        ``(advantages, returns)``, each shaped like ``rewards``; ``returns`` are the value
+        targets ``A_t + v_t``.
+    """
+    r, nv, discount, trace, v = _prepare(
+        rewards, next_values, terminated, truncated, gamma, lam, values)
+    advantages = _reverse_linear_scan(r + discount * nv - v, trace, jnp.zeros((), r.dtype))
+    return advantages, advantages + v
+
+
+def _lambda_recurrence(
+    rewards: ArrayLike,
+    next_values: ArrayLike,
+    terminated: ArrayLike,
+    truncated: ArrayLike,
+    gamma: ArrayLike,
+    lam: ArrayLike,
+) -> tuple[Array, Array, Array]:
+    """Terms of the TD(lambda) recurrence written as ``G_t = x_t + c_t * G_{t+1}``.
+
+    Expanding ``G_t = r_t + gamma (1 - term_t) [next_v_t + lam (1 - done_t)(G_{t+1} - next_v_t)]``
+    and using ``(1 - term)(1 - done) = 1 - done`` gives::
+
+        x_t = r_t + gamma * (1 - term_t) * next_v_t - gamma * lam * (1 - done_t) * next_v_t
+        c_t = gamma * lam * (1 - done_t)
+
+    Taking ``G_T = next_v_{T-1}`` makes the bracket at ``t = T-1`` exactly ``next_v_{T-1}``.
+    Returns ``(x, c, next_values)``, the latter cast to the common dtype.
+    """
+    r, nv, discount, c, _ = _prepare(rewards, next_values, terminated, truncated, gamma, lam)
+    return r + discount * nv - c * nv, c, nv
+
+
+def td_lambda(
+    rewards: ArrayLike,
+    next_values: ArrayLike,
+    terminated: ArrayLike,
+    truncated: ArrayLike,
+    gamma: ArrayLike,
+    lam: ArrayLike,
+) -> Array:
+    """TD(lambda) returns: a geometric mixture of n-step returns, cut at episode boundaries.
+
+    Written recursively (the lambda-return of Sutton & Barto, ch. 12)::
+
+        G_t = r_t + gamma * (1 - term_t) * [(1 - lam) * next_v_t + lam * G_{t+1}]
+
+    inside an episode, and where ``done_t`` or ``t = T-1`` the bracket is just ``next_v_t``
+    (a truncated step bootstraps, a terminated one does not). Needs no ``values``: only the
+    values of true next states enter. ``lam = 0`` gives the one-step TD target, ``lam = 1``
+    the Monte-Carlo return bootstrapped at truncations and the rollout end. With consistent
+    values this equals ``gae(...)[1]``.
+
+    Returns:
+        Returns shaped like ``rewards``.
+    """
+    x, c, nv = _lambda_recurrence(rewards, next_values, terminated, truncated, gamma, lam)
+    return _reverse_linear_scan(x, c, nv[-1])
+
+
+def nstep_returns(
+    rewards: ArrayLike,
+    next_values: ArrayLike,
+    terminated: ArrayLike,
+    truncated: ArrayLike,
+    gamma: ArrayLike,
+    n: int,
+) -> Array:
+    """n-step bootstrapped returns, cut at episode boundaries and at the rollout end.
+
+    ::
+
+        G_t = sum_{k<m} gamma^k r_{t+k} + gamma^m (1 - term_{t+m-1}) next_v_{t+m-1}
+
+    with ``m = min(n, steps to the end of t's episode inclusive, T - t)``. ``n = 1`` gives the
+    one-step TD target; ``n >= T`` with no dones gives the Monte-Carlo return bootstrapped at
+    the rollout end.
+
+    Computed as ``n`` truncated iterations of the TD(1) recurrence: with ``G^(0)_{t+1}``
+    standing for ``next_v_t`` (the zero-step return of ``s'_t``) and ``G^(j)_T = next_v_{T-1}``::
+
+        G^(j)_t = x_t + c_t * G^(j-1)_{t+1}     (x, c as in td_lambda with lam = 1)
+
+    which extends every return by one step per iteration until it hits a done or the rollout
+    end. Work is ``O(min(n, T) * T)``.
+
+    Args:
+        n: number of steps, a static Python int ``>= 1``.
+
+    Returns:
+        Returns shaped like ``rewards``.
+    """
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a static Python int >= 1; got {n!r}")
+    x, c, nv = _lambda_recurrence(rewards, next_values, terminated, truncated, gamma, 1.0)
+
+    def extend(_: int, g: Array) -> Array:
+        following = jnp.concatenate([g[1:], nv[-1:]], axis=0)  # G^(j-1)_{t+1}
+        return x + c * following
+
+    return lax.fori_loop(1, min(int(n), x.shape[0]), extend, x + c * nv)
