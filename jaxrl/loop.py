@@ -12,6 +12,7 @@ also runs in chunks (``train.run_chunk``) so a host driver can report progress b
 
 from __future__ import annotations
 
+import math
 import types
 import warnings
 from typing import Any, NamedTuple
@@ -41,7 +42,7 @@ class Spec(NamedTuple):
     def action_dim(self) -> int:
         """Number of actions (discrete) or action vector size (continuous)."""
         space = self.action_space
-        return int(space.n) if self.discrete else int(jnp.prod(jnp.array(space.shape)))
+        return int(space.n) if self.discrete else math.prod(space.shape)
 
 
 class Context(NamedTuple):

@@ -37,7 +37,8 @@ class Config(cfg.Config):
     target_update_interval: int = 100  # in gradient steps
     double: bool = True
     dueling: bool = False
-    huber: bool = True  # Huber (smooth L1) TD loss instead of squared error
+    huber: bool = False  # Huber (smooth L1) TD loss; squared error is more stable where rare terminal
+    # transitions carry the signal (CartPole: capped gradients let Q drift upwards)
     lr: float = cfg.traced(2.5e-4)
     max_grad_norm: float = cfg.traced(10.0)
     tau: float = cfg.traced(1.0)
