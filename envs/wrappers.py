@@ -1,0 +1,244 @@
+"""Composable environment wrappers.
+
+Each wrapper holds the wrapped environment in `self.env` and delegates what it does not change.
+Wrappers that need memory keep it in a flax dataclass that wraps the inner state, so the whole
+stack stays one pytree. The training stack is `EpisodeStats(AutoReset(env))`
+(`wrap_for_training`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from .core import Environment, Params, State, StepResult
+from .spaces import Box, Space
+
+
+def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """Leafwise `where(pred, on_true, on_false)` over two pytrees of the same structure."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+class Wrapper(Environment):
+    """Base wrapper: forwards everything to `self.env`, including unknown attributes."""
+
+    def __init__(self, env: Environment):
+        self.env = env
+
+    @property
+    def default_params(self) -> Params:
+        return self.env.default_params
+
+    def reset(self, key: jax.Array, params: Params) -> tuple[jax.Array, State]:
+        return self.env.reset(key, params)
+
+    def step(
+        self, key: jax.Array, state: State, action: jax.Array, params: Params
+    ) -> StepResult:
+        return self.env.step(key, state, action, params)
+
+    def observation_space(self, params: Params) -> Space:
+        return self.env.observation_space(params)
+
+    def action_space(self, params: Params) -> Space:
+        return self.env.action_space(params)
+
+    @property
+    def name(self) -> str:
+        return self.env.name
+
+    @property
+    def unwrapped(self) -> Environment:
+        return self.env.unwrapped
+
+    def __getattr__(self, attr: str) -> Any:
+        # Only reached for attributes missing here; guard `env` so a half-built or
+        # unpickled wrapper does not recurse forever.
+        if attr == "env":
+            raise AttributeError(attr)
+        return getattr(self.env, attr)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.env!r})"
+
+
+class AutoReset(Wrapper):
+    """Starts a new episode whenever one ends, so a rollout can step forever.
+
+    On `terminated | truncated` the returned obs and state come from `reset` with a fresh key
+    split from the step key (never a cached first state, so consecutive episodes differ).
+    `info["final_obs"]` always holds the observation the step produced before any reset (equal
+    to `obs` when the episode goes on): learners bootstrap from it at truncations.
+    """
+
+    def step(
+        self, key: jax.Array, state: State, action: jax.Array, params: Params
+    ) -> StepResult:
+        key_step, key_reset = jax.random.split(key)
+        obs, state, reward, terminated, truncated, info = self.env.step(
+            key_step, state, action, params
+        )
+        reset_obs, reset_state = self.env.reset(key_reset, params)
+        done = terminated | truncated
+        # Compute both and select leafwise (what `cond` turns into under vmap anyway). A NaN in
+        # the discarded branch never leaks into the selected values.
+        info = {**info, "final_obs": obs}
+        obs, state = _select(done, (reset_obs, reset_state), (obs, state))
+        return obs, state, reward, terminated, truncated, info
+
+
+@struct.dataclass
+class EpisodeStatsState:
+    env_state: Any
+    episode_return: jax.Array
+    episode_length: jax.Array
+
+
+class EpisodeStats(Wrapper):
+    """Tracks the undiscounted return and length of the running episode.
+
+    Adds to `info`: `episode_return` (float32) and `episode_length` (int32), the running totals
+    including this step, so where `episode_done` (`terminated | truncated`) is true they are
+    the totals of the episode that just ended. Counters restart after a done step, so it works
+    both outside `AutoReset` (the usual stack) and inside it.
+    """
+
+    def reset(self, key: jax.Array, params: Params) -> tuple[jax.Array, EpisodeStatsState]:
+        obs, env_state = self.env.reset(key, params)
+        zero_return, zero_length = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+        return obs, EpisodeStatsState(env_state, zero_return, zero_length)
+
+    def step(
+        self, key: jax.Array, state: EpisodeStatsState, action: jax.Array, params: Params
+    ) -> StepResult:
+        obs, env_state, reward, terminated, truncated, info = self.env.step(
+            key, state.env_state, action, params
+        )
+        episode_return = state.episode_return + reward.astype(jnp.float32)
+        episode_length = state.episode_length + 1
+        done = terminated | truncated
+        info = {
+            **info,
+            "episode_return": episode_return,
+            "episode_length": episode_length,
+            "episode_done": done,
+        }
+        state = EpisodeStatsState(
+            env_state,
+            jnp.where(done, 0.0, episode_return),
+            jnp.where(done, 0, episode_length),
+        )
+        return obs, state, reward, terminated, truncated, info
+
+
+@struct.dataclass
+class TimeLimitState:
+    env_state: Any
+    steps: jax.Array
+
+
+class TimeLimit(Wrapper):
+    """Truncates episodes after `max_steps` steps (unless that step also terminates)."""
+
+    def __init__(self, env: Environment, max_steps: int):
+        super().__init__(env)
+        if int(max_steps) < 1:
+            raise ValueError(f"TimeLimit needs max_steps >= 1, got {max_steps}")
+        self.max_steps = int(max_steps)
+
+    def reset(self, key: jax.Array, params: Params) -> tuple[jax.Array, TimeLimitState]:
+        obs, env_state = self.env.reset(key, params)
+        return obs, TimeLimitState(env_state, jnp.zeros((), jnp.int32))
+
+    def step(
+        self, key: jax.Array, state: TimeLimitState, action: jax.Array, params: Params
+    ) -> StepResult:
+        obs, env_state, reward, terminated, truncated, info = self.env.step(
+            key, state.env_state, action, params
+        )
+        steps = state.steps + 1
+        truncated = (truncated | (steps >= self.max_steps)) & ~terminated
+        return obs, TimeLimitState(env_state, steps), reward, terminated, truncated, info
+
+
+class FlattenObservation(Wrapper):
+    """Reshapes observations to 1-D (e.g. MinAtar images for an MLP)."""
+
+    def observation_space(self, params: Params) -> Box:
+        space = self.env.observation_space(params)
+        if not isinstance(space, Box):
+            raise TypeError(f"FlattenObservation needs a Box observation space, got {space}")
+        return Box(space.low.reshape(-1), space.high.reshape(-1), dtype=space.dtype)
+
+    def reset(self, key: jax.Array, params: Params) -> tuple[jax.Array, State]:
+        obs, state = self.env.reset(key, params)
+        return obs.reshape(-1), state
+
+    def step(
+        self, key: jax.Array, state: State, action: jax.Array, params: Params
+    ) -> StepResult:
+        obs, state, reward, terminated, truncated, info = self.env.step(
+            key, state, action, params
+        )
+        if "final_obs" in info:
+            info = {**info, "final_obs": info["final_obs"].reshape(-1)}
+        return obs.reshape(-1), state, reward, terminated, truncated, info
+
+
+def _box_action_space(env: Environment, wrapper: str) -> Box:
+    """The env's (default-params) action space, checked to be a Box."""
+    space = env.action_space(env.default_params)
+    if not isinstance(space, Box):
+        raise TypeError(f"{wrapper} needs a Box action space, got {space} for {env.name}")
+    return space
+
+
+class ClipAction(Wrapper):
+    """Clips continuous actions to the action Box before the inner step."""
+
+    def __init__(self, env: Environment):
+        super().__init__(env)
+        _box_action_space(env, "ClipAction")
+
+    def step(
+        self, key: jax.Array, state: State, action: jax.Array, params: Params
+    ) -> StepResult:
+        space = self.env.action_space(params)
+        return self.env.step(key, state, jnp.clip(action, space.low, space.high), params)
+
+
+class RescaleAction(Wrapper):
+    """Lets the agent act in `[low, high]`, mapped affinely onto the inner action Box.
+
+    Out-of-range actions are extrapolated by the same affine map, not clipped; put a
+    `ClipAction` inside this wrapper if the inner env needs in-range actions.
+    """
+
+    def __init__(self, env: Environment, low: float = -1.0, high: float = 1.0):
+        super().__init__(env)
+        if not low < high:
+            raise ValueError(f"RescaleAction needs low < high, got [{low}, {high}]")
+        if not _box_action_space(env, "RescaleAction").is_bounded:
+            raise ValueError(f"RescaleAction needs a bounded action Box for {env.name}")
+        self.low, self.high = float(low), float(high)
+
+    def action_space(self, params: Params) -> Box:
+        inner = self.env.action_space(params)
+        return Box(self.low, self.high, inner.shape, inner.dtype)
+
+    def step(
+        self, key: jax.Array, state: State, action: jax.Array, params: Params
+    ) -> StepResult:
+        inner = self.env.action_space(params)
+        fraction = (action - self.low) / (self.high - self.low)
+        inner_action = inner.low + fraction * (inner.high - inner.low)
+        return self.env.step(key, state, inner_action.astype(inner.dtype), params)
+
+
+def wrap_for_training(env: Environment) -> Environment:
+    """The standard training stack: auto-reset with episode statistics on top."""
+    return EpisodeStats(AutoReset(env))

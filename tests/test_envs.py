@@ -1,0 +1,459 @@
+"""Tests for jaxrl.envs: spaces, wrappers, gymnax/brax adapters, probes and the registry.
+
+Kept fast: each compiled function is jitted once, batches are small, and brax is exercised on
+one small env.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from jaxrl import envs
+from jaxrl.envs import (
+    AutoReset,
+    Box,
+    ClipAction,
+    Discrete,
+    Environment,
+    EpisodeStats,
+    FlattenObservation,
+    RescaleAction,
+    TimeLimit,
+    make,
+    register,
+    registered,
+    wrap_for_training,
+)
+from jaxrl.envs import gymnax_env, probes, registry
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@struct.dataclass
+class CountdownParams:
+    length: int = 3
+
+
+@struct.dataclass
+class CountdownState:
+    start: jax.Array
+    t: jax.Array
+
+
+class Countdown(Environment):
+    """obs = [start, t]; reward = t at step t; terminates at t == length.
+
+    `start` ~ U(0, 1) from the reset key, so distinct resets are distinguishable. Stepping past
+    termination poisons obs and reward with NaN, like brax.
+    """
+
+    @property
+    def default_params(self) -> CountdownParams:
+        return CountdownParams()
+
+    def reset(self, key, params):
+        start = jax.random.uniform(key)
+        return jnp.stack([start, 0.0]), CountdownState(start, jnp.zeros((), jnp.int32))
+
+    def step(self, key, state, action, params):
+        t = state.t + 1
+        poison = jnp.where(state.t >= params.length, jnp.nan, 0.0)
+        obs = jnp.stack([state.start, t.astype(jnp.float32)]) + poison
+        reward = t.astype(jnp.float32) + poison
+        terminated = t >= params.length
+        return obs, CountdownState(state.start, t), reward, terminated, jnp.bool_(False), {}
+
+    def observation_space(self, params):
+        return Box(0.0, jnp.inf, (2,))
+
+    def action_space(self, params):
+        return Discrete(2)
+
+
+class Echo(Environment):
+    """Observes the action it was given, as shape (1, 2); never ends."""
+
+    def reset(self, key, params):
+        return jnp.zeros((1, 2)), jnp.zeros(())
+
+    def step(self, key, state, action, params):
+        obs = jnp.asarray(action, jnp.float32).reshape(1, 2)
+        return obs, state, jnp.float32(0.0), jnp.bool_(False), jnp.bool_(False), {}
+
+    def observation_space(self, params):
+        return Box(-jnp.inf, jnp.inf, (1, 2))
+
+    def action_space(self, params):
+        return Box(np.array([-2.0, 0.0]), np.array([2.0, 10.0]))
+
+
+def rollout(env, params, key, num_envs, num_steps, policy=None):
+    """Jitted vmapped scan of `env`; returns (initial obs, per-step outputs), time-major."""
+    space = env.action_space(params)
+    policy = policy or (lambda k, obs: space.sample(k))
+
+    def run(key):
+        key_reset, key_scan = jax.random.split(key)
+        obs, state = jax.vmap(env.reset, (0, None))(jax.random.split(key_reset, num_envs), params)
+
+        def body(carry, k):
+            obs, state = carry
+            key_act, key_step = jax.random.split(k)
+            action = jax.vmap(policy)(jax.random.split(key_act, num_envs), obs)
+            out = jax.vmap(env.step, (0, 0, 0, None))(
+                jax.random.split(key_step, num_envs), state, action, params
+            )
+            return (out[0], out[1]), (out[0], out[2], out[3], out[4], out[5])
+
+        _, outs = jax.lax.scan(body, (obs, state), jax.random.split(key_scan, num_steps))
+        return obs, outs
+
+    return jax.jit(run)(key)
+
+
+# --------------------------------------------------------------------------- spaces
+
+
+def test_discrete_space():
+    space = Discrete(3)
+    assert (space.n, space.shape, space.dtype) == (3, (), jnp.int32)
+    samples = jax.vmap(space.sample)(jax.random.split(jax.random.key(0), 200))
+    assert samples.dtype == jnp.int32
+    assert set(np.unique(samples)) == {0, 1, 2}
+    assert bool(space.contains(2)) and not bool(space.contains(3))
+    assert not bool(space.contains(-1)) and not bool(space.contains(jnp.zeros(2, jnp.int32)))
+
+
+def test_box_space():
+    space = Box(-1.0, np.array([1.0, 2.0]), (2,))
+    assert isinstance(space.low, np.ndarray) and space.low.shape == (2,)
+    np.testing.assert_array_equal(space.high, [1.0, 2.0])
+    samples = jax.vmap(space.sample)(jax.random.split(jax.random.key(0), 100))
+    assert samples.shape == (100, 2) and samples.dtype == jnp.float32
+    assert bool(jax.vmap(space.contains)(samples).all())
+    assert not bool(space.contains(jnp.array([0.0, 2.5])))
+    assert not bool(space.contains(jnp.zeros(3)))
+    unbounded = Box(-jnp.inf, jnp.inf, (4,))
+    assert bool(jnp.isfinite(unbounded.sample(jax.random.key(1))).all())
+    assert Box(np.zeros((2, 1)), np.ones(3)).shape == (2, 3)
+
+
+# --------------------------------------------------------------------------- wrappers
+
+
+def test_auto_reset_resets_fresh_and_keeps_final_obs():
+    env = AutoReset(Countdown())
+    params = CountdownParams(length=3)
+    first_obs, (obs, reward, terminated, truncated, info) = rollout(
+        env, params, jax.random.key(0), num_envs=2, num_steps=9
+    )
+    final_obs = info["final_obs"]
+    assert bool(jnp.isfinite(obs).all()) and bool(jnp.isfinite(reward).all())
+    np.testing.assert_array_equal(terminated[:, 0], [False, False, True] * 3)
+    np.testing.assert_array_equal(final_obs[:, 0, 1], [1, 2, 3] * 3)  # what the step produced
+    np.testing.assert_array_equal(obs[:, 0, 1], [1, 2, 0] * 3)  # reset obs on done steps
+    not_done = ~terminated
+    np.testing.assert_array_equal(obs[not_done], final_obs[not_done])
+    # Each episode starts from a fresh draw: the starts of all episodes are distinct.
+    starts = np.concatenate([first_obs[None, :, 0], obs[terminated][:, 0].reshape(3, 2)])
+    assert len(np.unique(starts)) == starts.size
+
+
+def test_episode_stats_exact_inside_and_outside_auto_reset():
+    params = CountdownParams(length=4)
+    for env in (EpisodeStats(AutoReset(Countdown())), AutoReset(EpisodeStats(Countdown()))):
+        _, (_, reward, terminated, _, info) = rollout(
+            env, params, jax.random.key(1), num_envs=1, num_steps=12
+        )
+        done = info["episode_done"][:, 0]
+        np.testing.assert_array_equal(done, terminated[:, 0])
+        np.testing.assert_array_equal(done, [False, False, False, True] * 3)
+        assert info["episode_return"].dtype == jnp.float32
+        assert info["episode_length"].dtype == jnp.int32
+        np.testing.assert_array_equal(info["episode_return"][done, 0], [10.0] * 3)
+        np.testing.assert_array_equal(info["episode_length"][done, 0], [4] * 3)
+    assert isinstance(wrap_for_training(Countdown()), EpisodeStats)
+    assert isinstance(wrap_for_training(Countdown()).env, AutoReset)
+
+
+def test_time_limit_truncates_exactly_and_terminated_wins():
+    params = CountdownParams(length=5)
+    _, (_, _, terminated, truncated, _) = rollout(
+        AutoReset(TimeLimit(Countdown(), 3)), params, jax.random.key(2), 1, 9
+    )
+    np.testing.assert_array_equal(truncated[:, 0], [False, False, True] * 3)
+    assert not bool(terminated.any())
+    # A limit equal to the episode length: the last step terminates, never truncates.
+    _, (_, _, terminated, truncated, _) = rollout(
+        AutoReset(TimeLimit(Countdown(), 5)), params, jax.random.key(3), 1, 10
+    )
+    np.testing.assert_array_equal(terminated[:, 0], [False] * 4 + [True] + [False] * 4 + [True])
+    assert not bool(truncated.any())
+    with pytest.raises(ValueError):
+        TimeLimit(Countdown(), 0)
+
+
+def test_clip_and_rescale_action():
+    params = envs.EmptyParams()
+    key = jax.random.key(0)
+    _, state = Echo().reset(key, params)
+    clipped = ClipAction(Echo()).step(key, state, jnp.array([5.0, -3.0]), params)[0]
+    np.testing.assert_allclose(clipped, [[2.0, 0.0]])
+    unclipped = ClipAction(Echo()).step(key, state, jnp.array([-1.5, 4.0]), params)[0]
+    np.testing.assert_allclose(unclipped, [[-1.5, 4.0]])
+
+    rescaled = RescaleAction(Echo())
+    space = rescaled.action_space(params)
+    np.testing.assert_array_equal(space.low, [-1.0, -1.0])
+    np.testing.assert_array_equal(space.high, [1.0, 1.0])
+    for action, inner in [([-1.0, -1.0], [-2.0, 0.0]), ([1.0, 1.0], [2.0, 10.0]),
+                          ([0.0, 0.5], [0.0, 7.5])]:
+        out = rescaled.step(key, state, jnp.array(action), params)[0]
+        np.testing.assert_allclose(out, [inner], rtol=1e-6)
+    unit = RescaleAction(Echo(), low=0.0, high=1.0)
+    np.testing.assert_allclose(unit.step(key, state, jnp.array([0.25, 0.1]), params)[0],
+                               [[-1.0, 1.0]], rtol=1e-6)
+    with pytest.raises(TypeError):
+        ClipAction(Countdown())
+    with pytest.raises(ValueError):
+        RescaleAction(Echo(), low=1.0, high=1.0)
+
+
+def test_flatten_observation_and_delegation():
+    env = FlattenObservation(AutoReset(Echo()))
+    params = env.default_params
+    assert env.observation_space(params).shape == (2,)
+    obs, state = env.reset(jax.random.key(0), params)
+    assert obs.shape == (2,)
+    obs, _, _, _, _, info = env.step(jax.random.key(1), state, jnp.array([1.0, 2.0]), params)
+    np.testing.assert_array_equal(obs, [1.0, 2.0])
+    assert info["final_obs"].shape == (2,)
+    # Wrappers forward unknown attributes and report the innermost env.
+    assert TimeLimit(Countdown(), 7).env.default_params.length == 3
+    assert ClipAction(TimeLimit(Echo(), 7)).max_steps == 7
+    assert isinstance(ClipAction(TimeLimit(Echo(), 7)).unwrapped, Echo)
+
+
+# --------------------------------------------------------------------------- gymnax
+
+GYMNAX_RUNNABLE = [n for n in gymnax_env.GYMNAX_ENVS if n != "MNISTBandit-bsuite"]
+
+
+@pytest.mark.parametrize("name", GYMNAX_RUNNABLE)
+def test_every_gymnax_env_resets_and_steps_under_jit_vmap(name):
+    env, params = make(name)
+    obs_space, act_space = env.observation_space(params), env.action_space(params)
+    assert isinstance(act_space, (Discrete, Box))
+    num_envs = 3
+
+    @jax.jit
+    def run(key):
+        keys = jax.random.split(key, num_envs)
+        obs, state = jax.vmap(env.reset, (0, None))(keys, params)
+        actions = jax.vmap(act_space.sample)(keys)
+        step = jax.vmap(env.step, (0, 0, 0, None))(keys, state, actions, params)
+        in_space = jax.vmap(obs_space.contains)(obs) & jax.vmap(obs_space.contains)(step[0])
+        return obs, step, in_space
+
+    obs, (next_obs, _, reward, terminated, truncated, info), in_space = run(jax.random.key(0))
+    for o in (obs, next_obs):
+        assert o.dtype == jnp.float32 and o.shape == (num_envs, *obs_space.shape)
+    assert bool(in_space.all()), f"{name}: observation outside {obs_space}"
+    assert reward.dtype == jnp.float32 and reward.shape == (num_envs,)
+    assert terminated.dtype == jnp.bool_ and truncated.dtype == jnp.bool_
+    assert not bool((terminated & truncated).any())
+    assert all(v.shape[0] == num_envs for v in info.values())
+
+
+def test_all_gymnax_envs_registered():
+    import gymnax
+
+    assert set(gymnax.registered_envs) <= set(registered())
+
+
+def test_cartpole_truncation_vs_termination_and_episode_stats():
+    env, params = make("CartPole-v1", max_steps_in_episode=10)
+    assert params.max_steps_in_episode == 10
+    _, (obs, reward, terminated, truncated, info) = rollout(
+        wrap_for_training(env), params, jax.random.key(0), num_envs=4, num_steps=60
+    )
+    reward, terminated, truncated = map(np.asarray, (reward, terminated, truncated))
+    assert truncated.any(), "a 10-step limit must truncate random CartPole episodes"
+    assert not (terminated & truncated).any()
+    # Manual per-env episode bookkeeping in Python against EpisodeStats.
+    ep_return, ep_length = np.zeros(4), np.zeros(4, int)
+    for t in range(reward.shape[0]):
+        ep_return += reward[t]
+        ep_length += 1
+        done = terminated[t] | truncated[t]
+        np.testing.assert_array_equal(info["episode_done"][t], done)
+        for i in np.flatnonzero(done):
+            assert info["episode_return"][t, i] == ep_return[i]
+            assert info["episode_length"][t, i] == ep_length[i]
+            assert ep_length[i] == 10 if truncated[t, i] else ep_length[i] <= 10
+        ep_return[done], ep_length[done] = 0.0, 0
+    # At truncations the final obs (to bootstrap from) is kept apart from the reset obs.
+    assert not np.allclose(info["final_obs"][truncated], obs[truncated])
+
+
+def test_cartpole_consecutive_episodes_start_differently():
+    env, params = make("CartPole-v1")
+    first_obs, (obs, _, terminated, truncated, info) = rollout(
+        AutoReset(env), params, jax.random.key(3), num_envs=4, num_steps=100
+    )
+    done = np.asarray(terminated | truncated)
+    starts = np.concatenate([first_obs, obs[done]])
+    assert len(starts) >= 8
+    assert len({tuple(s) for s in starts.tolist()}) == len(starts)  # never a cached state
+    assert np.abs(starts).max() <= 0.05  # CartPole's reset distribution, not a mid-episode obs
+    # The final obs of a terminated episode is the failed state (gymnax's step_env, not its
+    # auto-resetting step): the cart left the track or the pole fell past 12 degrees.
+    failed = np.asarray(info["final_obs"])[np.asarray(terminated)]
+    assert len(failed) and ((np.abs(failed[:, 0]) > 2.4) | (np.abs(failed[:, 2]) > 0.2094)).all()
+
+
+def test_vmapped_params_and_traced_action_bounds():
+    env, params = make("Pendulum-v1")
+    assert isinstance(env, ClipAction)
+    batch = jax.tree.map(lambda x: jnp.stack([x, x]), params).replace(
+        max_torque=jnp.array([1.0, 1.5])
+    )
+    key = jax.random.key(0)
+    _, state = env.reset(key, params)
+
+    @jax.jit
+    def step_all(batch_params, action):
+        return jax.vmap(env.step, (None, None, None, 0))(key, state, action, batch_params)[2]
+
+    rewards = step_all(batch, jnp.array([5.0]))
+    for i, torque in enumerate([1.0, 1.5]):
+        p = params.replace(max_torque=torque)
+        expected = env.unwrapped.step(key, state, jnp.array([torque]), p)[2]
+        np.testing.assert_allclose(rewards[i], expected, rtol=1e-5)
+
+
+def test_mnist_bandit_fails_clearly():
+    with pytest.raises(ValueError, match="download"):
+        make("MNISTBandit-bsuite")
+
+
+def test_make_errors_and_overrides():
+    with pytest.raises(ValueError, match="CartPole-v1"):
+        make("CartPole-v2")
+    with pytest.raises(ValueError, match="max_steps_in_episode"):
+        make("CartPole-v1", max_stepz=3)
+    with pytest.raises(ValueError):
+        make("probe/constant", foo=1)
+    env, params = make("DeepSea-bsuite", size=5, max_steps_in_episode=7)
+    assert env.observation_space(params).shape == (5, 5) and params.max_steps_in_episode == 7
+    env, params = make("FrozenLake-misc")  # categorical obs become one-hot vectors
+    assert env.observation_space(params).shape == (16,)
+    with pytest.raises(ValueError, match="generalized"):
+        make("brax/swimmer", backend="spring")
+    with pytest.raises(ValueError, match="backend"):
+        make("brax/ant", backend="warp")
+
+
+def test_register_custom_env(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    register("test/countdown", lambda length=3: TimeLimit(Countdown(), length))
+    assert "test/countdown" in registered()
+    env, params = make("test/countdown", length=2)
+    assert env.max_steps == 2 and params == CountdownParams()
+    with pytest.raises(ValueError, match="already registered"):
+        register("test/countdown", Countdown)
+    register("test/countdown", Countdown, overwrite=True)
+    assert isinstance(make("test/countdown")[0], Countdown)
+
+
+def test_registry_contents_and_light_import():
+    names = registered()
+    for expected in ["CartPole-v1", "Breakout-MinAtar", "brax/ant", "brax/humanoid",
+                     "probe/obs-action", "probe/obs-action-continuous"]:
+        assert expected in names
+    code = "import sys, jaxrl.envs; print('gymnax' in sys.modules, 'brax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+# --------------------------------------------------------------------------- brax
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # brax's own jaxopt/mujoco usage
+def test_brax_inverted_pendulum_no_nan_across_termination():
+    from jaxrl.envs import brax_env
+
+    brax_envs = brax_env.import_brax_envs()
+    assert set(brax_env.BRAX_ENVS) == set(brax_envs._envs) - {"fast"}
+
+    env, params = make("brax/inverted_pendulum", episode_length=30)
+    assert isinstance(env, ClipAction) and env.max_steps == 30
+    assert env.action_space(params).shape == (1,)
+    obs_shape = env.observation_space(params).shape
+
+    def policy(key, obs):  # out-of-range pushes, clipped by ClipAction, topple the pole fast
+        return jax.random.uniform(key, (1,), minval=-3.0, maxval=3.0)
+
+    first_obs, (obs, reward, terminated, truncated, info) = rollout(
+        wrap_for_training(env), params, jax.random.key(0), num_envs=3, num_steps=40,
+        policy=policy,
+    )
+    assert first_obs.shape == (3, *obs_shape) and obs.dtype == jnp.float32
+    assert terminated.any(), "random pushes must topple the pendulum"
+    for x in (obs, reward, info["final_obs"], info["episode_return"]):
+        assert bool(jnp.isfinite(x).all())
+    assert not bool((terminated & truncated).any())
+    # Where an episode ended, the returned obs is a fresh reset (near-upright, near-still).
+    assert float(jnp.abs(obs[terminated]).max()) <= 0.011
+    # Reward is +1 per step, so each finished episode's return equals its length.
+    done = info["episode_done"]
+    np.testing.assert_array_equal(info["episode_return"][done], info["episode_length"][done])
+
+
+# --------------------------------------------------------------------------- probes
+
+
+@pytest.mark.parametrize("name", probes.probe_names())
+def test_probe_optimal_values(name):
+    env, params = make(name)
+    kind = env.kind
+    gamma = 0.9
+    assert env.observation_space(params).shape == (1,)
+    space = env.action_space(params)
+    assert isinstance(space, Box if name.endswith("-continuous") else Discrete)
+
+    for seed in range(4):  # both signs of the random-obs probes
+        key = jax.random.key(seed)
+        obs, state = env.reset(key, params)
+        assert obs.dtype == jnp.float32 and obs.shape == (1,)
+        value = float(probes.optimal_value(kind, obs, gamma))
+        ret, discount, done, t = 0.0, 1.0, False, 0
+        while not done:
+            if kind in ("action", "obs-action"):
+                action = probes.optimal_action(kind, obs, env.continuous)
+            else:
+                action = space.sample(key)
+            if t == 1:
+                assert float(probes.optimal_value(kind, obs, gamma)) == 1.0  # V(1) = 1
+            obs, state, reward, terminated, truncated, _ = env.step(key, state, action, params)
+            assert reward.dtype == jnp.float32 and not bool(truncated)
+            ret += discount * float(reward)
+            discount *= gamma
+            done, t = bool(terminated), t + 1
+        assert t == (2 if kind == "discount" else 1)
+        np.testing.assert_allclose(ret, value, rtol=1e-6)
+
+    if kind in ("action", "obs-action"):  # any other action does worse
+        obs, state = env.reset(jax.random.key(0), params)
+        best = probes.optimal_action(kind, obs, env.continuous)
+        worse = -best if env.continuous else 1 - best
+        reward = float(env.step(key, state, worse, params)[2])
+        assert reward == (1.0 - (2 * 0.5) ** 2 if env.continuous else -1.0)
