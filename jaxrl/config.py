@@ -130,8 +130,16 @@ def algo_module(name: str) -> types.ModuleType:
     return importlib.import_module(f"jaxrl.algos.{name}")
 
 
+# Names other RL libraries use for our keys, so a user coming from them gets pointed right.
+SYNONYMS = {"learning_rate": "lr", "n_envs": "num_envs", "n_steps": "num_steps", "n_epochs": "update_epochs",
+            "total_timesteps": "total_steps", "clip_range": "clip_eps", "clip_coef": "clip_eps",
+            "batch_size": "num_minibatches", "gae_lam": "gae_lambda", "vf_coeff": "vf_coef",
+            "ent_coeff": "ent_coef", "buffer_capacity": "buffer_size", "target_update_freq": "target_update_interval"}
+
+
 def _suggest(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=3)
+    synonym = SYNONYMS.get(word)
+    close = [synonym] if synonym in options else difflib.get_close_matches(word, options, n=3)
     return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
