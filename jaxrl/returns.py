@@ -97,7 +97,7 @@ def _reverse_linear_scan(x: Array, c: Array, last: Array) -> Array:
         return y_t, y_t
 
     _, y = lax.scan(step, jnp.broadcast_to(last, x.shape[1:]).astype(x.dtype), (x, c),
-                    reverse=True)
+                    reverse=True, unroll=16)
     return y
 
 
