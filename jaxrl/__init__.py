@@ -12,11 +12,33 @@ Heavy modules (jax, flax, distrax) load on first use, so the command line starts
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import os
 from typing import Any
 
 from jaxrl.config import Config, ConfigError, load_config
 
 __version__ = "0.1.0"
+
+
+def _avoid_cpu_deadlock() -> None:
+    """jaxlib 0.10.0-0.10.2 can deadlock on small CPU machines (see pyproject's pin of 0.9.2).
+
+    If such a jaxlib is installed anyway, turn off the XLA CPU scheduler that triggers it,
+    unless the user already chose a value for that flag. XLA reads the flags when the backend
+    starts, so this works as long as jaxrl is imported before the first computation.
+    """
+    flag = "--xla_cpu_enable_concurrency_optimized_scheduler"
+    try:
+        version = importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    current = os.environ.get("XLA_FLAGS", "")
+    if version.startswith("0.10.") and flag not in current:
+        os.environ["XLA_FLAGS"] = f"{current} {flag}=false".strip()
+
+
+_avoid_cpu_deadlock()
 __all__ = ["Config", "ConfigError", "load_config", "make_train", "seed_keys", "TrainOutput", "TrainState"]
 
 _LAZY = {"make_train": "jaxrl.loop", "TrainOutput": "jaxrl.loop", "TrainState": "jaxrl.loop",

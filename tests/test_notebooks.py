@@ -1,0 +1,28 @@
+"""Notebooks run top to bottom (code cells executed in order, with a small budget)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, monkeypatch, tmp_path):
+    matplotlib.use("Agg")
+    monkeypatch.chdir(tmp_path)
+    cells = json.loads(path.read_text())["cells"]
+    namespace: dict = {}
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            source = "".join(cell["source"]).replace("TOTAL_STEPS = 100_000", "TOTAL_STEPS = 20_480")
+            exec(compile(source, f"{path.name}", "exec"), namespace)
+    assert namespace["metrics"]["episode_return"].shape[0] == namespace["SEEDS"]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS
