@@ -42,19 +42,23 @@ def test_ppo_solves_probe(kind, continuous):
             assert np.all(pi.probs.max(-1) > 0.9)
 
 
+def _dqn_probe_config(kind: str, **options):
+    # eps_end stays high so the wrong action keeps being sampled and its value is learned too
+    settings = dict(env=f"probe/{kind}", total_steps=20_000, num_envs=16, num_steps=4, updates_per_iteration=4,
+                    buffer_size=4096, learning_starts=512, target_update_interval=20, eps_fraction=0.3,
+                    eps_end=0.3, lr=3e-3, anneal_lr=False, gamma=GAMMA)
+    return jaxrl.load_config("dqn_cartpole", **{**settings, **options})
+
+
 @pytest.mark.parametrize("kind", probes.PROBES)
 def test_dqn_solves_probe(kind):
-    config = jaxrl.load_config("dqn_cartpole", env=f"probe/{kind}", total_steps=20_000, num_envs=16,
-                               num_steps=4, updates_per_iteration=4, buffer_size=4096, learning_starts=512,
-                               target_update_interval=20, eps_fraction=0.3, eps_end=0.3, lr=3e-3, anneal_lr=False,
-                               gamma=GAMMA)
-    train, out = run(config)
+    train, out = run(_dqn_probe_config(kind))
     q = dqn.network(context(train)).apply(jax_first(out.state.agent.params), _obs(kind))
     np.testing.assert_allclose(q.max(-1), probes.optimal_value(kind, _obs(kind), GAMMA), atol=0.1)
     if kind in ("action", "obs-action"):
         best = np.asarray(probes.optimal_action(kind, _obs(kind), False)).reshape(-1)
         np.testing.assert_array_equal(q.argmax(-1), best)
-        np.testing.assert_allclose(q.min(-1), -1.0, atol=0.1)  # the wrong action (eps_end keeps it sampled)
+        np.testing.assert_allclose(q.min(-1), -1.0, atol=0.1)  # the wrong action's value
 
 
 def jax_first(tree):
@@ -62,3 +66,17 @@ def jax_first(tree):
     import jax
 
     return jax.tree.map(lambda x: x[0], tree)
+
+
+@pytest.mark.parametrize("options", [
+    {"dueling": True},
+    {"double": False, "tau": 0.05, "target_update_interval": 1},  # Polyak-averaged target
+], ids=["dueling", "polyak-single"])
+def test_dqn_variants_solve_probe(options):
+    kind = "obs-action"
+    train, out = run(_dqn_probe_config(kind, **options))
+    q = dqn.network(context(train)).apply(jax_first(out.state.agent.params), _obs(kind))
+    best = np.asarray(probes.optimal_action(kind, _obs(kind), False)).reshape(-1)
+    np.testing.assert_array_equal(q.argmax(-1), best)
+    np.testing.assert_allclose(q.max(-1), 1.0, atol=0.1)
+    np.testing.assert_allclose(q.min(-1), -1.0, atol=0.1)
