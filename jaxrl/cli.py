@@ -11,12 +11,13 @@ import datetime
 import json
 import platform
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from jaxrl.config import ConfigError, algo_names, config_names, load_config, parse_overrides
+from jaxrl.config import ConfigError, RoundingWarning, algo_names, config_names, load_config, parse_overrides
 
 EPILOG = """\
 NAME_OR_PATH is a bundled config name (see `jaxrl list`) or a path to a YAML file.
@@ -62,10 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list bundled configs, algorithms and environments")
 
     args = parser.parse_args(argv)
+    warnings.simplefilter("ignore", RoundingWarning)  # printed as a note below instead
     try:
         if args.command == "list":
             return _list()
         config = load_config(args.config, **parse_overrides(args.overrides))
+        if config.rounding_note():
+            print(f"note: {config.rounding_note()}")
         if args.command == "train":
             return _train(args, config)
         return _bench(args, config)

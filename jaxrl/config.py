@@ -29,6 +29,10 @@ class ConfigError(ValueError):
     """A config that cannot run, reported before anything is compiled."""
 
 
+class RoundingWarning(UserWarning):
+    """total_steps is not a whole number of iterations, so the run takes fewer steps."""
+
+
 def traced(default: float) -> Any:
     """A hyperparameter that is an input of the compiled program, not a constant in it."""
     return dataclasses.field(default=default, metadata={"traced": True})

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxrl import envs
-from jaxrl.config import Config, ConfigError, algo_module
+from jaxrl.config import Config, ConfigError, RoundingWarning, algo_module
 from jaxrl.normalize import RewardScaler, RunningStats
 
 Metrics = dict[str, jax.Array]
@@ -122,7 +122,7 @@ def make_train(config: Config) -> types.FunctionType:
     """
     config.validate()
     if config.rounding_note():
-        warnings.warn(config.rounding_note(), stacklevel=2)
+        warnings.warn(config.rounding_note(), RoundingWarning, stacklevel=2)
     algo = algo_module(config.algo)
     env, env_params = make_env(config)
     obs_space = env.observation_space(env_params)
