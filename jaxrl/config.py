@@ -82,19 +82,19 @@ class Config:
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings that cannot run; subclasses extend it."""
         for name in ("total_steps", "num_envs", "num_steps"):
-            _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        _require(
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require(
             self.total_steps >= self.steps_per_iteration,
             f"total_steps={self.total_steps} is less than one iteration "
             f"(num_envs * num_steps = {self.steps_per_iteration})",
         )
-        _require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
+        require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
                  f"hidden must list positive layer widths, got {self.hidden}")
-        _require(self.activation in ACTIVATIONS,
+        require(self.activation in ACTIVATIONS,
                  f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        _require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1], got {self.gamma}")
-        _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _require(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1], got {self.gamma}")
+        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        require(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
 
     def rounding_note(self) -> str | None:
         """Why the run takes fewer env steps than ``total_steps`` asked for, if it does."""
@@ -113,7 +113,7 @@ class Config:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
 

@@ -196,10 +196,10 @@ def make_train(config: Config) -> types.FunctionType:
         the last (partial) one included; skipped iterations return NaN metrics.
         """
         hp = hparams_of(hparams)
+        shapes = jax.eval_shape(iteration, state, hp, jnp.int32(0))[1]
 
         def body(state, i):
-            empty = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype),
-                                 jax.eval_shape(iteration, state, hp, i)[1])
+            empty = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
             return jax.lax.cond(i < n_iters, lambda s: iteration(s, hp, i), lambda s: (s, empty), state)
 
         return jax.lax.scan(body, state, start + jnp.arange(length, dtype=jnp.int32))

@@ -89,3 +89,16 @@ def test_observation_normalization_statistics():
     # Pendulum observations are (cos, sin, angular velocity): bounded means, positive variances
     assert np.all(np.abs(stats.mean[:2]) <= 1.0) and np.all(stats.var > 0)
     assert np.isfinite(out.metrics["loss"]).all()
+
+
+@pytest.mark.parametrize("env, algo", [
+    ("Breakout-MinAtar", "ppo_cartpole"),  # (10, 10, 4) image observations, flattened by the MLP
+    ("Breakout-MinAtar", "dqn_cartpole"),
+    ("brax/inverted_pendulum", "ppo_pendulum"),  # brax physics, continuous actions
+])
+def test_other_observation_and_action_spaces_train(env, algo):
+    extra = {"learning_starts": 64, "buffer_size": 256} if algo.startswith("dqn") else {"num_minibatches": 2}
+    config = jaxrl.load_config(algo, env=env, num_envs=4, num_steps=16, total_steps=4 * 16 * 3, **extra)
+    out = jax.jit(jaxrl.make_train(config))(jax.random.key(0))
+    assert np.isfinite(np.asarray(out.metrics["loss"])[-1])
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(out.state.agent.params))

@@ -49,23 +49,23 @@ class Config(cfg.Config):
     def validate(self) -> None:
         super().validate()
         for name in ("buffer_size", "batch_size", "updates_per_iteration", "target_update_interval"):
-            cfg._require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        cfg._require(
+            cfg.require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        cfg.require(
             self.buffer_size >= self.steps_per_iteration,
             f"buffer_size={self.buffer_size} cannot hold one iteration's "
             f"num_envs * num_steps = {self.steps_per_iteration} transitions",
         )
-        cfg._require(
+        cfg.require(
             self.steps_per_iteration <= self.learning_starts <= self.buffer_size,
             f"learning_starts={self.learning_starts} must lie between one iteration's "
             f"{self.steps_per_iteration} transitions and buffer_size={self.buffer_size}",
         )
-        cfg._require(self.learning_starts < self.total_steps,
+        cfg.require(self.learning_starts < self.total_steps,
                      f"learning_starts={self.learning_starts} leaves no steps to learn in total_steps={self.total_steps}")
-        cfg._require(0.0 < self.tau <= 1.0, f"tau must be in (0, 1], got {self.tau}")
-        cfg._require(0.0 <= self.eps_end <= self.eps_start <= 1.0,
+        cfg.require(0.0 < self.tau <= 1.0, f"tau must be in (0, 1], got {self.tau}")
+        cfg.require(0.0 <= self.eps_end <= self.eps_start <= 1.0,
                      f"need 0 <= eps_end <= eps_start <= 1, got {self.eps_end}, {self.eps_start}")
-        cfg._require(self.eps_fraction > 0, f"eps_fraction must be > 0, got {self.eps_fraction}")
+        cfg.require(self.eps_fraction > 0, f"eps_fraction must be > 0, got {self.eps_fraction}")
 
 
 def check(config: Config, spec: Spec) -> None:

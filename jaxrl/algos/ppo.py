@@ -35,14 +35,14 @@ class Config(cfg.Config):
     def validate(self) -> None:
         super().validate()
         batch = self.steps_per_iteration
-        cfg._require(self.update_epochs >= 1, f"update_epochs must be >= 1, got {self.update_epochs}")
-        cfg._require(self.num_minibatches >= 1, f"num_minibatches must be >= 1, got {self.num_minibatches}")
-        cfg._require(
+        cfg.require(self.update_epochs >= 1, f"update_epochs must be >= 1, got {self.update_epochs}")
+        cfg.require(self.num_minibatches >= 1, f"num_minibatches must be >= 1, got {self.num_minibatches}")
+        cfg.require(
             batch % self.num_minibatches == 0,
             f"num_envs * num_steps = {batch} does not divide into num_minibatches = {self.num_minibatches}",
         )
-        cfg._require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        cfg._require(self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}")
+        cfg.require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        cfg.require(self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}")
 
 
 class State(struct.PyTreeNode):
