@@ -130,7 +130,7 @@ def algo_module(name: str) -> types.ModuleType:
     """The module implementing algorithm ``name`` (it defines ``Config``, ``init``, ``act``, ``learn``)."""
     names = algo_names()
     if name not in names:
-        raise ConfigError(f"unknown algo {name!r}; available: {', '.join(names)}" + _suggest(name, names))
+        raise ConfigError(f"unknown algo {name!r}; available: {', '.join(names)}" + suggest(name, names))
     return importlib.import_module(f"jaxrl.algos.{name}")
 
 
@@ -141,7 +141,7 @@ SYNONYMS = {"learning_rate": "lr", "n_envs": "num_envs", "n_steps": "num_steps",
             "ent_coeff": "ent_coef", "buffer_capacity": "buffer_size", "target_update_freq": "target_update_interval"}
 
 
-def _suggest(word: str, options: list[str]) -> str:
+def suggest(word: str, options: list[str]) -> str:
     synonym = SYNONYMS.get(word)
     close = [synonym] if synonym in options else difflib.get_close_matches(word, options, n=3)
     return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
@@ -165,7 +165,7 @@ def _read_yaml(name_or_path: str | Path) -> dict[str, Any]:
         if str(name_or_path) not in names:
             raise ConfigError(
                 f"unknown config {str(name_or_path)!r}; bundled configs: {', '.join(names)}"
-                + _suggest(str(name_or_path), names)
+                + suggest(str(name_or_path), names)
             )
         text = (importlib.resources.files("jaxrl.configs") / f"{name_or_path}.yaml").read_text()
     data = yaml.safe_load(text) or {}
@@ -215,7 +215,7 @@ def build(cls: type[Config], data: dict[str, Any]) -> Config:
     if unknown:
         key = unknown[0]
         raise ConfigError(
-            f"unknown config key {key!r} for algo {data.get('algo')!r}" + _suggest(key, list(fields))
+            f"unknown config key {key!r} for algo {data.get('algo')!r}" + suggest(key, list(fields))
             + f"; valid keys: {', '.join(fields)}"
         )
     hints = typing.get_type_hints(cls)

@@ -14,16 +14,20 @@ def final_return(metrics: Mapping[str, Any], window: float = 0.05) -> np.ndarray
     """Mean return of the episodes that finished in the last ``window`` fraction of iterations.
 
     Weighted by the number of episodes per iteration (iterations where none finished count for
-    nothing). ``metrics`` arrays are ``(..., iterations)``; the result has shape ``(...)`` and is
-    NaN where no episode finished in the window.
+    nothing). ``metrics`` arrays are ``(..., iterations)``; trailing NaN rows (padding of
+    shorter runs in a sweep) are not iterations. The result has shape ``(...)`` and is NaN where
+    no episode finished in the window.
     """
     returns = np.asarray(metrics["episode_return"], np.float64)
     counts = np.asarray(metrics["episodes"], np.float64)
-    n = max(1, math.ceil(returns.shape[-1] * window))
-    r, c = returns[..., -n:], counts[..., -n:]
-    total = np.where(c > 0, np.nan_to_num(r) * c, 0.0).sum(-1)
+    valid = ~np.isnan(counts)
+    n_valid = valid.sum(-1, keepdims=True)
+    size = np.maximum(1, np.ceil(n_valid * window))
+    in_window = valid & (np.arange(counts.shape[-1]) >= n_valid - size)
+    weights = np.where(in_window, np.nan_to_num(counts), 0.0)
+    total = (np.nan_to_num(returns) * weights).sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(c.sum(-1) > 0, total / c.sum(-1), np.nan)
+        return np.where(weights.sum(-1) > 0, total / weights.sum(-1), np.nan)
 
 
 def latest(values: np.ndarray) -> np.ndarray:

@@ -33,4 +33,4 @@ def gradient_step(
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *batch)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates))
-    return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}

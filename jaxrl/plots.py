@@ -1,0 +1,230 @@
+"""Plots of training results and evaluation statistics (matplotlib, imported on first use).
+
+Every function draws on ``ax`` when given (returning its figure) or on a new figure, and returns
+the ``matplotlib.figure.Figure``. On a Linux machine without a display, and when no backend was
+chosen (``MPLBACKEND`` or an earlier ``import matplotlib.pyplot``), the Agg backend is selected so
+plotting works headless.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from jaxrl import stats
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+def _pyplot() -> Any:
+    headless = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if headless and "MPLBACKEND" not in os.environ and "matplotlib.pyplot" not in sys.modules:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _axes(ax: Axes | None, **subplots: Any) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    return _pyplot().subplots(**subplots)
+
+
+# ----------------------------------------------------------------------------- learning curves
+
+
+def _smoothed_returns(values: np.ndarray, episodes: np.ndarray | None, window: int) -> np.ndarray:
+    """Per-seed curve ``(seeds, iterations)`` without gaps, from per-iteration episode means.
+
+    The value at iteration ``t`` is the mean return of the episodes that finished in the trailing
+    ``window`` iterations ``(t - window, t]``, weighted by their number (``episodes``; without it,
+    every non-NaN iteration counts once). Where no episode finished in the window the last value
+    is carried forward; before the first finished episode it stays NaN.
+    """
+    weights = np.isfinite(values).astype(np.float64)
+    if episodes is not None:
+        weights *= np.asarray(episodes, dtype=np.float64)
+    weighted = np.where(weights > 0, np.nan_to_num(values) * weights, 0.0)
+
+    def trailing_sum(a: np.ndarray) -> np.ndarray:
+        c = np.cumsum(a, axis=-1)
+        c[..., window:] = c[..., window:] - c[..., :-window]
+        return c
+
+    total, count = trailing_sum(weighted), trailing_sum(weights)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        curve = np.where(count > 0, total / count, np.nan)
+    # Forward fill: index of the latest finite value at or before each iteration.
+    idx = np.where(np.isfinite(curve), np.arange(curve.shape[-1]), 0)
+    idx = np.maximum.accumulate(idx, axis=-1)
+    filled = np.take_along_axis(curve, idx, axis=-1)
+    seen = np.maximum.accumulate(np.isfinite(curve), axis=-1)
+    return np.where(seen, filled, np.nan)
+
+
+def learning_curves(
+    metrics_by_label: Mapping[str, Mapping[str, Any]],
+    x: str = "env_steps",
+    y: str = "episode_return",
+    ax: Axes | None = None,
+    ci: float | None = 0.95,
+    statistic: str = "iqm",
+    smooth: int = 1,
+    reps: int = 1000,
+    seed: int = 0,
+) -> Figure:
+    """One line per label: ``statistic`` over seeds of ``y`` against ``x``, with a bootstrap band.
+
+    Each value of ``metrics_by_label`` is a dict of ``(seeds, iterations)`` arrays, as jaxrl's
+    training metrics (1-D arrays are one seed). ``y`` may be NaN in iterations where no episode
+    finished; it is smoothed per seed over a trailing window of ``smooth`` iterations, weighted by
+    the ``episodes`` array when present, and gaps are forward-filled (see ``_smoothed_returns``).
+    The aggregate is drawn from the first iteration where every seed has a value. The band is a
+    ``ci`` percentile bootstrap over seeds (whole curves resampled; ``None`` or one seed: no band).
+    ``x`` missing from the metrics means the iteration index.
+    """
+    if not metrics_by_label:
+        raise ValueError("metrics_by_label is empty: need at least one curve")
+    if int(smooth) != smooth or smooth < 1:
+        raise ValueError(f"smooth must be a positive integer number of iterations, got {smooth}")
+    _, kernel = stats._statistic(statistic)
+
+    def per_iteration(v: np.ndarray) -> np.ndarray:
+        # (..., seeds, iterations) -> (..., iterations): the statistic over seeds at each iteration.
+        return kernel(np.swapaxes(v, -1, -2)[..., None])
+
+    fig, ax = _axes(ax, figsize=(6, 4))
+    for label, metrics in metrics_by_label.items():
+        if y not in metrics:
+            raise ValueError(f"{label!r} has no metric {y!r}; it has {sorted(metrics)}")
+        values = np.atleast_2d(np.asarray(metrics[y], dtype=np.float64))
+        episodes = metrics.get("episodes")
+        if episodes is not None:
+            episodes = np.atleast_2d(np.asarray(episodes, dtype=np.float64))
+        curve = _smoothed_returns(values, episodes, int(smooth))
+        xs = (
+            np.atleast_2d(np.asarray(metrics[x], dtype=np.float64)).mean(0)
+            if x in metrics
+            else np.arange(curve.shape[-1], dtype=np.float64)
+        )
+        valid = np.isfinite(curve).all(0)
+        if not valid.any():
+            raise ValueError(f"{label!r}: no iteration where every seed has a finite {y!r}")
+        data = curve[:, valid]
+        (line,) = ax.plot(xs[valid], per_iteration(data), label=label)
+        if ci is not None and data.shape[0] > 1:
+            _, low, high = stats.bootstrap_ci(
+                data, per_iteration, reps=reps, confidence=ci, seed=seed, stratified=False
+            )
+            ax.fill_between(xs[valid], low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    has_x = all(x in m for m in metrics_by_label.values())
+    ax.set_xlabel(x if has_x else "iteration")
+    ax.set_ylabel(f"{y} ({statistic} over seeds)")
+    ax.legend()
+    return fig
+
+
+# ----------------------------------------------------------------------------- aggregate statistics
+
+
+def _rows(aggregate_result: Any) -> list[dict[str, Any]]:
+    """Rows of ``stats.aggregate``'s result, whether a DataFrame or a list of dicts."""
+    if hasattr(aggregate_result, "to_dict"):
+        return aggregate_result.to_dict("records")
+    return list(aggregate_result)
+
+
+def interval_estimates(aggregate_result: Any, axes: Sequence[Axes] | None = None) -> Figure:
+    """One panel per metric: each algorithm's interval as a bar and its point estimate as a tick.
+
+    ``aggregate_result`` is what ``stats.aggregate`` returns. ``axes``, if given, holds one Axes
+    per metric (in order of first appearance).
+    """
+    rows = _rows(aggregate_result)
+    if not rows:
+        raise ValueError("aggregate_result is empty")
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))
+    if axes is None:
+        fig, axes = _pyplot().subplots(
+            1, len(metrics), figsize=(3 * len(metrics), 0.5 * len(algorithms) + 1.2),
+            sharey=True, squeeze=False,
+        )
+        axes = list(axes[0])
+    else:
+        axes = list(axes)
+        if len(axes) != len(metrics):
+            raise ValueError(f"need one Axes per metric ({len(metrics)}), got {len(axes)}")
+        fig = axes[0].figure
+    colors = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes, metrics):
+        for row in (r for r in rows if r["metric"] == metric):
+            i = algorithms.index(row["algorithm"])
+            color = colors[i % len(colors)]
+            bars = ax.barh(i, row["high"] - row["low"], left=row["low"], height=0.6, color=color,
+                           alpha=0.6)
+            for bar in bars:  # let autoscaling add a margin beyond the interval ends
+                bar.sticky_edges.x.clear()
+            ax.plot([row["point"]], [i], marker="|", markersize=14, color="k", linestyle="none")
+        ax.set_title(metric)
+        ax.set_yticks(range(len(algorithms)), algorithms)
+        ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def performance_profile_plot(
+    score_dict: Mapping[str, Any],
+    taus: Any | None = None,
+    ax: Axes | None = None,
+    ci: float | None = 0.95,
+    reps: int = 2000,
+    seed: int = 0,
+    xlabel: str = "score τ",
+) -> Figure:
+    """Score distributions: fraction of runs × tasks above each ``tau``, one line per algorithm.
+
+    ``taus`` defaults to 101 points spanning all scores. Bands are stratified bootstrap
+    ``ci`` intervals (``None``: no band).
+    """
+    if not score_dict:
+        raise ValueError("score_dict is empty: need at least one algorithm")
+    matrices = {algo: stats.as_scores(s, f"scores of {algo!r}") for algo, s in score_dict.items()}
+    if taus is None:
+        pooled = np.concatenate([m.ravel() for m in matrices.values()])
+        taus = np.linspace(pooled.min(), pooled.max(), 101)
+    taus = np.asarray(taus, dtype=np.float64)
+    fig, ax = _axes(ax, figsize=(6, 4))
+    for algo, m in matrices.items():
+        if ci is None:
+            (line,) = ax.plot(taus, stats.performance_profile(m, taus), label=algo)
+            continue
+        point, low, high = stats.performance_profile_ci(m, taus, reps=reps, confidence=ci, seed=seed)
+        (line,) = ax.plot(taus, point, label=algo)
+        ax.fill_between(taus, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction of runs with score > τ")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    return fig
+
+
+def save(fig: Figure, path: str | os.PathLike[str], dpi: int = 150, close: bool = False) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (creating parent folders); ``close`` frees it in pyplot."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
+    if close:
+        _pyplot().close(fig)
+    return path

@@ -1,0 +1,229 @@
+"""Sweeps: hyperparameter settings x seeds trained as one compiled program.
+
+Every (setting, seed) pair becomes one entry of a flat batch axis; ``jax.vmap(train)`` runs
+them all at once and the batch axis is sharded over every available device with a ``Mesh`` and
+``NamedSharding``. A batch that does not divide the device count (or the chosen ``batch_size``)
+is padded by repeating its last entry, and the padding is dropped from the results. A sweep
+larger than memory runs as consecutive batches of the same compiled program.
+
+Only traced hyperparameters can share a program. Static keys (shapes, switches) are refused,
+unless ``separate=True`` asks for one program per static combination.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import numbers
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxrl.config import Config, ConfigError, suggest
+from jaxrl.loop import make_train, seed_keys
+from jaxrl.metrics import final_return
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """Labelled results: ``metrics[name]`` has shape ``(settings, seeds, iterations)``.
+
+    ``settings[i]`` is the dict of swept values of row ``i``; ``state`` is the final train state
+    with leading axes ``(settings, seeds)``. With ``separate=True`` settings may differ in
+    iteration count (shorter ones are NaN-padded at the end) and in state shapes (``state`` is
+    then a list with one pytree per setting).
+    """
+
+    config: Config
+    settings: list[dict[str, Any]]
+    seeds: list[int]
+    metrics: dict[str, np.ndarray]
+    state: Any
+    compile_seconds: float
+    run_seconds: float
+
+    def __len__(self) -> int:
+        return len(self.settings)
+
+    def __getitem__(self, index: int | slice | Sequence[int]) -> "SweepResult":
+        rows = list(range(len(self)))[index] if isinstance(index, slice) else (
+            [index] if isinstance(index, numbers.Integral) else list(index))
+        take = lambda x: np.asarray(x)[np.asarray(rows, dtype=int)]  # noqa: E731
+        state = ([self.state[r] for r in rows] if isinstance(self.state, list)
+                 else jax.tree.map(take, self.state))
+        return dataclasses.replace(self, settings=[self.settings[r] for r in rows],
+                                   metrics={k: take(v) for k, v in self.metrics.items()}, state=state)
+
+    def sel(self, **values: Any) -> "SweepResult":
+        """The settings whose swept values equal ``values`` (e.g. ``sel(lr=3e-4)``)."""
+        unknown = set(values) - set(self.settings[0] if self.settings else {})
+        if unknown:
+            raise KeyError(f"not swept: {sorted(unknown)}; swept keys: {sorted(self.settings[0])}")
+        rows = [i for i, s in enumerate(self.settings)
+                if all(np.isclose(s[k], v) if isinstance(v, float) else s[k] == v for k, v in values.items())]
+        if not rows:
+            raise KeyError(f"no setting matches {values}; settings: {self.settings}")
+        return self[rows]
+
+    def final_return(self, window: float = 0.05) -> np.ndarray:
+        """``(settings, seeds)`` mean return of episodes in the last ``window`` of training."""
+        return final_return(self.metrics, window)
+
+    def best(self, window: float = 0.05) -> dict[str, Any]:
+        """The setting with the highest mean final return over seeds."""
+        return self.settings[int(np.nanargmax(np.nanmean(self.final_return(window), axis=1)))]
+
+    def rows(self, per_iteration: bool = False) -> Iterator[dict[str, Any]]:
+        """Tidy rows: one per (setting, seed) with the final return, or one per iteration too."""
+        final = self.final_return()
+        for i, setting in enumerate(self.settings):
+            for j, seed in enumerate(self.seeds):
+                head = {**setting, "seed": seed}
+                if not per_iteration:
+                    yield {**head, "final_return": float(final[i, j])}
+                    continue
+                for t in range(self.metrics["env_steps"].shape[-1]):
+                    yield {**head, "iteration": t, **{k: float(v[i, j, t]) for k, v in self.metrics.items()}}
+
+    def to_dataframe(self, per_iteration: bool = False):
+        """A pandas DataFrame of :meth:`rows` (pandas is imported only here)."""
+        import pandas as pd
+
+        return pd.DataFrame(list(self.rows(per_iteration)))
+
+
+def expand(grid: Mapping[str, Sequence[Any]] | None = None,
+           samples: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The list of settings: the cross product of ``grid`` or the given ``samples``."""
+    if grid is not None and samples is not None:
+        raise ConfigError("give either grid or samples, not both")
+    if grid is not None:
+        if not isinstance(grid, Mapping):
+            raise ConfigError(f"grid must map names to lists of values, got {type(grid).__name__}")
+        for key, values in grid.items():
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+                raise ConfigError(f"grid[{key!r}] must be a list of values, got {values!r}")
+            if len(values) == 0:
+                raise ConfigError(f"grid[{key!r}] is empty: a sweep needs at least one value per key")
+        return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    if samples is not None:
+        settings = [dict(s) for s in samples]
+        if not settings:
+            raise ConfigError("samples is empty: a sweep needs at least one setting")
+        if any(set(s) != set(settings[0]) for s in settings):
+            raise ConfigError("every sample must set the same keys")
+        return settings
+    return [{}]
+
+
+def sweep(
+    config: Config,
+    seeds: int = 1,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    samples: Sequence[Mapping[str, Any]] | None = None,
+    batch_size: int | None = None,
+    separate: bool = False,
+    devices: Sequence[jax.Device] | None = None,
+) -> SweepResult:
+    """Train every setting of ``grid`` (cross product) or ``samples`` for ``seeds`` seeds.
+
+    Traced hyperparameters share one compiled program. Keys that are static config fields are
+    refused unless ``separate=True``, which runs one program per static combination (the
+    results are still labelled together). ``batch_size`` caps how many (setting, seed) runs go
+    through the program at once (default: all); ``devices`` default to ``jax.devices()``.
+    Run ``s`` of a setting equals a single run of that setting with seed ``config.seed + s``.
+    """
+    if not isinstance(seeds, numbers.Integral) or seeds < 1:
+        raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
+    settings = expand(grid, samples)
+    traced = set(config.traced_names())
+    fields = {f.name for f in dataclasses.fields(config)}
+    for key in settings[0]:
+        if key not in fields:
+            raise ConfigError(f"unknown sweep key {key!r}" + suggest(key, sorted(fields))
+                              + f"; traced hyperparameters: {', '.join(sorted(traced))}")
+        if key not in traced and not separate:
+            raise ConfigError(
+                f"{key!r} is a static field (it changes the compiled program's shapes or structure), "
+                f"so its values cannot share one program; traced hyperparameters that can: "
+                f"{', '.join(sorted(traced))}. Pass separate=True to compile one program per value.")
+    for setting in settings:  # every value type-checked and range-checked before compiling
+        for key, value in setting.items():
+            if key in traced and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise ConfigError(f"sweep value {key}={value!r} is not a number")
+        config.replace(**setting)
+
+    static_keys = [k for k in settings[0] if k not in traced]
+    groups: dict[tuple, list[int]] = {}
+    for i, setting in enumerate(settings):
+        groups.setdefault(tuple(repr(setting[k]) for k in static_keys), []).append(i)
+
+    metrics: list[Any] = [None] * len(settings)
+    states: list[Any] = [None] * len(settings)
+    compile_s = run_s = 0.0
+    for rows in groups.values():
+        group_config = config.replace(**{k: settings[rows[0]][k] for k in static_keys})
+        hp = {k: np.array([settings[r][k] for r in rows], np.float32) for k in settings[0] if k in traced}
+        out, c, r = _run(group_config, hp, len(rows), seeds, batch_size, devices)
+        compile_s, run_s = compile_s + c, run_s + r
+        for n, row in enumerate(rows):
+            metrics[row] = jax.tree.map(lambda x: x[n], out.metrics)
+            states[row] = jax.tree.map(lambda x: x[n], out.state)
+    longest = max(m["env_steps"].shape[-1] for m in metrics)
+    pad = lambda x: np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, longest - x.shape[-1])],  # noqa: E731
+                           constant_values=np.nan)
+    metrics = [jax.tree.map(pad, m) for m in metrics]
+    same_shapes = all(jax.tree.map(np.shape, s) == jax.tree.map(np.shape, states[0]) for s in states)
+    stacked_state = jax.tree.map(lambda *xs: np.stack(xs), *states) if same_shapes else states
+    return SweepResult(config, settings, list(range(config.seed, config.seed + seeds)),
+                       jax.tree.map(lambda *xs: np.stack(xs), *metrics), stacked_state, compile_s, run_s)
+
+
+def _host_friendly(x: jax.Array) -> jax.Array:
+    """Typed PRNG keys become their raw uint32 data, which NumPy can hold."""
+    return jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+
+
+def _run(config: Config, hp: dict[str, np.ndarray], n_settings: int, seeds: int,
+         batch_size: int | None, devices: Sequence[jax.Device] | None):
+    """One program over ``n_settings * seeds`` runs; returns outputs shaped (settings, seeds, ...)."""
+    train = make_train(config)
+    devices = list(devices or jax.devices())
+    total = n_settings * seeds
+    per_batch = min(batch_size or total, total)
+    if per_batch < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    per_batch = math.ceil(per_batch / len(devices)) * len(devices)  # every device gets equal work
+
+    keys = jnp.tile(jax.random.key_data(seed_keys(config.seed, seeds)), (n_settings, 1))
+    flat_hp = {k: np.repeat(v, seeds) for k, v in hp.items()}
+    mesh = Mesh(np.array(devices), ("batch",))
+    sharding = NamedSharding(mesh, PartitionSpec("batch"))
+
+    def run_batch(key_data, hparams):
+        out = jax.vmap(train)(jax.random.wrap_key_data(key_data), hparams)
+        return jax.tree.map(_host_friendly, out)
+
+    program = jax.jit(run_batch, in_shardings=sharding, out_shardings=sharding)
+    compiled, compile_s, run_s, outputs = None, 0.0, 0.0, []
+    for start in range(0, total, per_batch):
+        idx = np.minimum(np.arange(start, start + per_batch), total - 1)  # pad with the last run
+        args = (jax.device_put(keys[idx], sharding),
+                {k: jax.device_put(v[idx], sharding) for k, v in flat_hp.items()})
+        if compiled is None:
+            t0 = time.perf_counter()
+            compiled = program.lower(*args).compile()
+            compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = jax.device_get(compiled(*args))
+        run_s += time.perf_counter() - t0
+        valid = min(per_batch, total - start)
+        outputs.append(jax.tree.map(lambda x: x[:valid], out))
+    merged = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+    return jax.tree.map(lambda x: x.reshape((n_settings, seeds) + x.shape[1:]), merged), compile_s, run_s
