@@ -39,10 +39,11 @@ def _avoid_cpu_deadlock() -> None:
 
 
 _avoid_cpu_deadlock()
-__all__ = ["Config", "ConfigError", "load_config", "make_train", "seed_keys", "TrainOutput", "TrainState"]
+__all__ = ["Config", "ConfigError", "load_config", "make_train", "seed_keys", "sweep", "TrainOutput",
+           "TrainState"]
 
 _LAZY = {"make_train": "jaxrl.loop", "TrainOutput": "jaxrl.loop", "TrainState": "jaxrl.loop",
-         "seed_keys": "jaxrl.loop"}
+         "seed_keys": "jaxrl.loop", "sweep": "jaxrl.sweeps"}
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import math
 import numbers
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -127,7 +128,7 @@ def sweep(
     seeds: int = 1,
     grid: Mapping[str, Sequence[Any]] | None = None,
     samples: Sequence[Mapping[str, Any]] | None = None,
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
     separate: bool = False,
     devices: Sequence[jax.Device] | None = None,
 ) -> SweepResult:
@@ -136,11 +137,16 @@ def sweep(
     Traced hyperparameters share one compiled program. Keys that are static config fields are
     refused unless ``separate=True``, which runs one program per static combination (the
     results are still labelled together). ``batch_size`` caps how many (setting, seed) runs go
-    through the program at once (default: all); ``devices`` default to ``jax.devices()``.
+    through the program at once (default: all); ``"auto"`` sizes it from the compiled
+    program's memory analysis to use at most half of the free device (or host) memory.
+    ``devices`` default to ``jax.devices()``.
     Run ``s`` of a setting equals a single run of that setting with seed ``config.seed + s``.
     """
     if not isinstance(seeds, numbers.Integral) or seeds < 1:
         raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
+    if not (batch_size is None or batch_size == "auto"
+            or (isinstance(batch_size, numbers.Integral) and batch_size >= 1)):
+        raise ConfigError(f"batch_size must be a positive integer, 'auto' or None, got {batch_size!r}")
     settings = expand(grid, samples)
     traced = set(config.traced_names())
     fields = {f.name for f in dataclasses.fields(config)}
@@ -190,17 +196,30 @@ def _host_friendly(x: jax.Array) -> jax.Array:
     return jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
 
 
+def _free_memory(device: jax.Device) -> int:
+    """Bytes the device can still allocate (host RAM for CPU devices)."""
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _auto_batch_size(program, keys, flat_hp, sharding, n_devices: int) -> int:
+    """Runs per batch that fit in half the free memory, from a one-run-per-device compile."""
+    idx = np.minimum(np.arange(n_devices), len(keys) - 1)
+    probe = (keys[idx], {k: v[idx] for k, v in flat_hp.items()})
+    stats = program.lower(*probe).compile().memory_analysis()
+    per_run = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes) / n_devices
+    fits = int(_free_memory(sharding.mesh.devices.flat[0]) * n_devices * 0.5 // max(per_run, 1))
+    return max(n_devices, fits)
+
+
 def _run(config: Config, hp: dict[str, np.ndarray], n_settings: int, seeds: int,
-         batch_size: int | None, devices: Sequence[jax.Device] | None):
+         batch_size: int | str | None, devices: Sequence[jax.Device] | None):
     """One program over ``n_settings * seeds`` runs; returns outputs shaped (settings, seeds, ...)."""
     train = make_train(config)
     devices = list(devices or jax.devices())
     total = n_settings * seeds
-    per_batch = min(batch_size or total, total)
-    if per_batch < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    per_batch = math.ceil(per_batch / len(devices)) * len(devices)  # every device gets equal work
-
     keys = jnp.tile(jax.random.key_data(seed_keys(config.seed, seeds)), (n_settings, 1))
     flat_hp = {k: np.repeat(v, seeds) for k, v in hp.items()}
     mesh = Mesh(np.array(devices), ("batch",))
@@ -211,6 +230,10 @@ def _run(config: Config, hp: dict[str, np.ndarray], n_settings: int, seeds: int,
         return jax.tree.map(_host_friendly, out)
 
     program = jax.jit(run_batch, in_shardings=sharding, out_shardings=sharding)
+    if batch_size == "auto":
+        batch_size = _auto_batch_size(program, keys, flat_hp, sharding, len(devices))
+    per_batch = min(batch_size or total, total)
+    per_batch = math.ceil(per_batch / len(devices)) * len(devices)  # every device gets equal work
     compiled, compile_s, run_s, outputs = None, 0.0, 0.0, []
     for start in range(0, total, per_batch):
         idx = np.minimum(np.arange(start, start + per_batch), total - 1)  # pad with the last run

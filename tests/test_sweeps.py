@@ -13,7 +13,7 @@ import pytest
 
 import jaxrl
 from jaxrl.config import ConfigError
-from jaxrl.sweep import sweep
+from jaxrl.sweeps import sweep
 
 CONFIG = dict(total_steps=512 * 6)
 
@@ -85,7 +85,7 @@ def test_separate_programs_for_static_keys(config):
 
 SHARDED = textwrap.dedent("""
     import jax, numpy as np, jaxrl
-    from jaxrl.sweep import sweep
+    from jaxrl.sweeps import sweep
     assert len(jax.devices()) == 8, jax.devices()
     config = jaxrl.load_config("dqn_cartpole", total_steps=2000, learning_starts=500, num_steps=10)
     grid = {"lr": [1e-4, 1e-3, 3e-3]}
@@ -104,3 +104,10 @@ def test_sharded_over_8_devices_equals_unsharded():
     proc = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OK (3, 2," in proc.stdout
+
+
+def test_auto_batch_size_from_memory_analysis(config, result):
+    auto = sweep(config, seeds=2, grid={"lr": [1e-4, 1e-3], "clip_eps": [0.1, 0.3]}, batch_size="auto")
+    np.testing.assert_allclose(auto.metrics["loss"], result.metrics["loss"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="batch_size"):
+        sweep(config, batch_size=0)
