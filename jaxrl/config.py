@@ -54,6 +54,11 @@ class Config:
     normalize_obs: bool = False
     normalize_reward: bool = False
     anneal_lr: bool = False  # decay lr linearly to 0 over training
+    eval_every: int = 0  # evaluate every N iterations inside the compiled loop (0: never)
+    eval_episodes: int = 16  # episodes per evaluation, played in parallel
+    eval_deterministic: bool = True  # greedy / mean actions; false samples from the policy
+    eval_env_kwargs: dict = dataclasses.field(default_factory=dict)  # eval env = env_kwargs updated by these
+    eval_max_steps: int = 100_000  # bound on one evaluation's env steps per episode
     gamma: float = traced(0.99)
     lr: float = traced(2.5e-4)
     max_grad_norm: float = traced(0.5)
@@ -92,6 +97,9 @@ class Config:
                  f"hidden must list positive layer widths, got {self.hidden}")
         require(self.activation in ACTIVATIONS,
                  f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        require(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        require(self.eval_episodes >= 1, f"eval_episodes must be >= 1, got {self.eval_episodes}")
+        require(self.eval_max_steps >= 1, f"eval_max_steps must be >= 1, got {self.eval_max_steps}")
         require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1], got {self.gamma}")
         require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         require(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")

@@ -131,6 +131,11 @@ def make_train(config: Config) -> types.FunctionType:
         algo.check(config, spec)
     n_envs, n_steps, n_iters = config.num_envs, config.num_steps, config.num_iterations
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    evaluate = None
+    if config.eval_every:
+        from jaxrl.evaluate import make_evaluate
+
+        evaluate = make_evaluate(config, algo, lambda hp, i: Context(config, spec, hp, i))
 
     def hparams_of(hparams: dict | None) -> dict[str, jax.Array]:
         names = config.traced_names()
@@ -151,7 +156,7 @@ def make_train(config: Config) -> types.FunctionType:
 
     def iteration(state: TrainState, hp: dict, i: jax.Array) -> tuple[TrainState, Metrics]:
         ctx = Context(config, spec, hp, i)
-        key, k_roll, k_learn = jax.random.split(state.key, 3)
+        key, k_roll, k_learn, k_eval = jax.random.split(state.key, 4)
         normalize = state.obs_stats.normalize if config.normalize_obs else (lambda x: x)
 
         def env_step(carry, step_key):
@@ -187,6 +192,11 @@ def make_train(config: Config) -> types.FunctionType:
             **metrics,
         }
         new_state = TrainState(agent, env_state, obs, obs_stats, scaler, key, state.iteration + 1)
+        if evaluate is not None:  # after the update, on iterations eval_every, 2*eval_every, ...
+            due = (i + 1) % config.eval_every == 0
+            shapes = jax.eval_shape(evaluate, new_state, hp, k_eval)
+            skip = lambda: jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)  # noqa: E731
+            metrics |= jax.lax.cond(due, lambda: evaluate(new_state, hp, k_eval), skip)
         return new_state, metrics
 
     def run_chunk(state: TrainState, hparams: dict | None, start: jax.Array, length: int) -> tuple[TrainState, Metrics]:

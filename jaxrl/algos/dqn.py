@@ -102,12 +102,21 @@ def epsilon(ctx: Context) -> jax.Array:
     return hp["eps_end"] + (hp["eps_start"] - hp["eps_end"]) * frac
 
 
-def act(ctx: Context, agent: State, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, dict]:
+def _epsilon_greedy(ctx: Context, agent: State, obs: jax.Array, key: jax.Array, eps: jax.Array) -> jax.Array:
     k_explore, k_random = jax.random.split(key)
     greedy = network(ctx).apply(agent.params, obs).argmax(-1)
     random = jax.random.randint(k_random, greedy.shape, 0, ctx.spec.action_dim)
-    explore = jax.random.uniform(k_explore, greedy.shape) < epsilon(ctx)
-    return jnp.where(explore, random, greedy).astype(jnp.int32), {}
+    explore = jax.random.uniform(k_explore, greedy.shape) < eps
+    return jnp.where(explore, random, greedy).astype(jnp.int32)
+
+
+def act(ctx: Context, agent: State, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, dict]:
+    return _epsilon_greedy(ctx, agent, obs, key, epsilon(ctx)), {}
+
+
+def policy(ctx: Context, agent: State, obs: jax.Array, key: jax.Array, deterministic: bool) -> jax.Array:
+    """Greedy actions when deterministic, else epsilon-greedy with the final ``eps_end``."""
+    return _epsilon_greedy(ctx, agent, obs, key, 0.0 if deterministic else ctx.hp["eps_end"])
 
 
 def loss(ctx: Context, params: dict, target_params: dict, b: dict) -> tuple[jax.Array, dict]:

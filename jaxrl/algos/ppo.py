@@ -66,6 +66,12 @@ def act(ctx: Context, agent: State, obs: jax.Array, key: jax.Array) -> tuple[jax
     return action, {"log_prob": log_prob, "value": value}
 
 
+def policy(ctx: Context, agent: State, obs: jax.Array, key: jax.Array, deterministic: bool) -> jax.Array:
+    """Actions for evaluation: the mode (discrete) or mean (continuous) when deterministic."""
+    pi = network(ctx).apply(agent.params, obs, method=ActorCritic.policy)
+    return pi.mode() if deterministic else pi.sample(seed=key)
+
+
 def loss(ctx: Context, params: dict, mb: dict) -> tuple[jax.Array, dict]:
     c, hp = ctx.config, ctx.hp
     pi, value = network(ctx).apply(params, mb["obs"])
