@@ -38,14 +38,26 @@ def main(argv: list[str] | None = None) -> int:
         "showing progress between compiled chunks of iterations. Writes config.yaml, metrics.jsonl "
         "(one row per iteration, a list over seeds per metric) and summary.json to the run folder.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", metavar="NAME_OR_PATH")
+    p.add_argument("config", metavar="NAME_OR_PATH", nargs="?",
+                   help="config name or YAML path (optional with --resume)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.add_argument("--seeds", type=int, default=1, metavar="N", help="number of seeds (default 1)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N", help="number of seeds (default 1)")
     p.add_argument("--chunk-size", type=int, default=None, metavar="K",
                    help="iterations per compiled chunk between progress reports (default: 1/20 of the run)")
     p.add_argument("--out", default="runs", metavar="DIR",
                    help="parent folder of the run folder (default ./runs)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="save the full training state to RUN_DIR/checkpoints every N chunks and at "
+                   "the end (default 1; 0: only at the end; -1: never)")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0, metavar="S",
+                   help="but not sooner than S seconds after the previous save (default 60; the final "
+                   "state is always saved), so saving costs little throughput")
+    p.add_argument("--keep", type=int, default=2, metavar="K",
+                   help="keep the last K checkpoints plus the best one (default 2)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest checkpoint, bit-identically; "
+                   "its config.yaml is used (overrides that change it are refused)")
 
     b = sub.add_parser(
         "bench", help="measure compile time and env steps/s per number of seeds",
@@ -67,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list()
+        if args.command == "train" and args.resume:
+            return _train(args, _resume_config(args))
+        if args.config is None:
+            parser.error("the following arguments are required: NAME_OR_PATH")
         config = load_config(args.config, **parse_overrides(args.overrides))
         if config.rounding_note():
             print(f"note: {config.rounding_note()}")
@@ -87,18 +103,75 @@ def _list() -> int:
     return 0
 
 
+def _resume_config(args: argparse.Namespace):
+    """The config saved in the run folder; NAME_OR_PATH and overrides may only restate it."""
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {str(run_dir)!r}: no config.yaml there (not a jaxrl run folder)")
+    overrides = list(args.overrides)
+    if args.config is not None and "=" in args.config:  # argparse put the first override there
+        overrides.insert(0, args.config)
+        args.config = None
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = load_config(run_dir / "config.yaml")
+    wanted = (load_config(args.config, **parse_overrides(overrides)) if args.config is not None
+              else load_config(run_dir / "config.yaml", **parse_overrides(overrides)))
+    if wanted != config:
+        new = wanted.to_dict()
+        changed = [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in new if new.get(k) != saved.get(k)]
+        raise ConfigError("cannot change the config of a run when resuming it ("
+                          + "; ".join(changed) + "); start a new run instead")
+    return config
+
+
+def _prepare_resume(args: argparse.Namespace, run_dir: Path) -> tuple[int, int | None]:
+    """Seed count and chunk size of the run being resumed (from its newest checkpoint)."""
+    from jaxrl.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
+
+    ckpt_dir = run_dir / CHECKPOINT_SUBDIR
+    meta = None
+    if ckpt_dir.is_dir():
+        ckpt = Checkpointer(ckpt_dir, read_only=True)
+        try:
+            meta = ckpt.meta() if ckpt.latest_step() is not None else None
+        finally:
+            ckpt.close()
+    if meta is None:
+        summary = run_dir / "summary.json"
+        seeds = json.loads(summary.read_text())["seeds"] if summary.is_file() else (args.seeds or 1)
+        print(f"note: no checkpoint in {ckpt_dir}: training from the start", flush=True)
+        (run_dir / "metrics.jsonl").write_text("")
+        return seeds, args.chunk_size
+    if args.seeds is not None and args.seeds != meta["num_seeds"]:
+        raise ConfigError(f"--seeds {args.seeds} differs from the resumed run's {meta['num_seeds']}")
+    return meta["num_seeds"], args.chunk_size or meta["chunk_size"]
+
+
 def _train(args: argparse.Namespace, config) -> int:
-    if args.seeds < 1:
+    if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     from jaxrl import metrics as M
     from jaxrl.runner import train_seeds
 
-    name = Path(args.config).stem
-    run_dir = Path(args.out) / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if args.keep < 1:
+        raise ConfigError(f"--keep must be >= 1, got {args.keep}")
+    if args.checkpoint_every < -1:
+        raise ConfigError(f"--checkpoint-every must be >= -1, got {args.checkpoint_every}")
+    from jaxrl.checkpoint import CHECKPOINT_SUBDIR
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        args.seeds, args.chunk_size = _prepare_resume(args, run_dir)
+        name = json.loads((run_dir / "summary.json").read_text())["config"] \
+            if (run_dir / "summary.json").is_file() else run_dir.name.rsplit("-", 2)[0]
+    else:
+        args.seeds = args.seeds or 1
+        name = Path(args.config).stem
+        run_dir = Path(args.out) / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        run_dir.mkdir(parents=True, exist_ok=False)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.touch()
     total = config.num_iterations
@@ -116,8 +189,31 @@ def _train(args: argparse.Namespace, config) -> int:
         print(f"  iter {done:>6}/{total}  env steps {steps:>11,}/seed  "
               f"{args.seeds * steps / seconds:>11,.0f} steps/s  return {recent:9.2f}", flush=True)
 
+    def on_resume(done: int, restored: dict) -> None:
+        """Keep the rows already written for iterations < done (drop later ones: they will be
+        recomputed) and add any the checkpoint has that the file lacks; atomically."""
+        kept = []
+        for line in metrics_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the interruption
+                continue
+            if row.get("iteration") == len(kept) and len(kept) < done:
+                kept.append(line + "\n")
+        tmp = metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        missing = {k: v[:, len(kept):done] for k, v in restored.items()}
+        M.write_jsonl(str(tmp), M.rows(missing, len(kept)))
+        tmp.replace(metrics_path)
+        returns.append(M.latest(restored["episode_return"]))
+        print(f"resumed at iteration {done}/{total}", flush=True)
+
     print("compiling ...", flush=True)
-    run = train_seeds(config, args.seeds, args.chunk_size, on_chunk=on_chunk)
+    every = args.checkpoint_every
+    run = train_seeds(config, args.seeds, args.chunk_size, on_chunk=on_chunk,
+                      checkpoint_dir=None if every < 0 else run_dir / CHECKPOINT_SUBDIR,
+                      checkpoint_every=max(every, 0), keep=args.keep, resume=bool(args.resume),
+                      checkpoint_min_seconds=args.checkpoint_seconds, on_resume=on_resume)
     final = M.final_return(run.metrics)
     summary = {
         "config": name, "algo": config.algo, "env": config.env, "seeds": args.seeds,

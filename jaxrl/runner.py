@@ -12,6 +12,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -31,7 +32,9 @@ class Run:
     state: TrainState  # leading axis: seeds
     metrics: dict[str, np.ndarray]  # each (seeds, iterations)
     compile_seconds: float
-    run_seconds: float
+    run_seconds: float  # chunks and checkpoint saves, over all sessions of a resumed run
+    checkpoint_seconds: float = 0.0  # part of run_seconds spent saving (this session)
+    resumed_from: int = 0  # iterations restored from a checkpoint (0: fresh run)
 
     @property
     def env_steps(self) -> int:
@@ -57,42 +60,131 @@ def train_seeds(
     chunk_size: int | None = None,
     hparams: dict[str, Any] | None = None,
     on_chunk: Progress | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    keep: int = 2,
+    checkpoint_min_seconds: float = 0.0,
+    on_resume: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> Run:
     """Train seeds ``config.seed .. config.seed + num_seeds - 1`` in one compiled program.
 
     ``on_chunk(iterations_done, chunk_metrics, run_seconds_so_far)`` is called after every
     chunk with that chunk's ``(seeds, iterations)`` metrics as NumPy arrays.
+
+    Checkpoints (see :mod:`jaxrl.checkpoint`): with ``checkpoint_dir``, the whole state and the
+    metrics so far are saved after every ``checkpoint_every`` chunks (but not sooner than
+    ``checkpoint_min_seconds`` of wall-clock time after the previous save, which bounds what
+    saving costs) and after the last one, keeping the last ``keep`` plus the best. With ``resume=True`` the newest readable checkpoint
+    in ``checkpoint_dir`` is restored (its config, seed count and hparams must match; a missing
+    ``chunk_size`` is taken from it) and training continues from its ``iterations_done`` with
+    the same compiled chunk, so the result is bit-identical to an uninterrupted run;
+    ``on_resume(iterations_done, restored_metrics)`` is then called once before the first chunk.
+    Without any checkpoint, ``resume=True`` starts from scratch. Saving happens after
+    ``on_chunk``, so progress written by ``on_chunk`` may run ahead of the last checkpoint.
     """
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 (0: only at the end), got {checkpoint_every}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs a checkpoint_dir")
     train = make_train(config)
     n_iters = train.num_iterations
-    chunk_size = chunk_size or default_chunk_size(n_iters)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    chunk_size = min(chunk_size, n_iters)
     keys = seed_keys(config.seed, num_seeds)
 
-    start = time.perf_counter()
-    init = jax.jit(jax.vmap(train.init, in_axes=(0, None))).lower(keys, hparams).compile()
-    state = init(keys, hparams)
-    run_chunk = functools.partial(train.run_chunk, length=chunk_size)
-    chunk = jax.jit(jax.vmap(run_chunk, in_axes=(0, None, None)))
-    chunk = chunk.lower(state, hparams, jnp.int32(0)).compile()
-    jax.block_until_ready(state)
-    compile_seconds = time.perf_counter() - start
+    ckpt = None
+    restored = None
+    if checkpoint_dir is not None:
+        from jaxrl.checkpoint import Checkpointer
 
-    pieces: list[dict[str, np.ndarray]] = []
-    run_seconds = 0.0
-    for first in range(0, n_iters, chunk_size):
-        t0 = time.perf_counter()
-        state, metrics = chunk(state, hparams, jnp.int32(first))
-        metrics = jax.device_get(metrics)  # blocks until the chunk is done
-        run_seconds += time.perf_counter() - t0
-        valid = min(chunk_size, n_iters - first)
-        metrics = {k: np.asarray(v)[:, :valid] for k, v in metrics.items()}
-        pieces.append(metrics)
-        if on_chunk is not None:
-            on_chunk(first + valid, metrics, run_seconds)
+        ckpt = Checkpointer(checkpoint_dir, keep=keep)
+    try:
+        if resume and ckpt.latest_step() is not None:
+            _check_resumable(ckpt.meta(), config, num_seeds, hparams)
+            abstract = jax.eval_shape(jax.vmap(train.init, in_axes=(0, None)), keys, hparams)
+            restored = ckpt.restore(abstract)
+            _check_resumable(restored.meta, config, num_seeds, hparams)
+            chunk_size = chunk_size or restored.meta["chunk_size"]
+        chunk_size = chunk_size or default_chunk_size(n_iters)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        chunk_size = min(chunk_size, n_iters)
+
+        start = time.perf_counter()
+        init = jax.jit(jax.vmap(train.init, in_axes=(0, None))).lower(keys, hparams).compile()
+        state = init(keys, hparams) if restored is None else restored.state
+        run_chunk = functools.partial(train.run_chunk, length=chunk_size)
+        chunk = jax.jit(jax.vmap(run_chunk, in_axes=(0, None, None)))
+        chunk = chunk.lower(state, hparams, jnp.int32(0)).compile()
+        jax.block_until_ready(state)
+        compile_seconds = time.perf_counter() - start
+
+        pieces: list[dict[str, np.ndarray]] = []
+        run_seconds = checkpoint_seconds = 0.0
+        done = 0
+        if restored is not None:
+            done = restored.iterations_done
+            pieces.append(restored.metrics)
+            run_seconds = float(restored.meta.get("run_seconds", 0.0))
+            if on_resume is not None:
+                on_resume(done, restored.metrics)
+        saved = done if restored is not None else -1
+        last_save = time.perf_counter()
+        for n_chunk, first in enumerate(range(done, n_iters, chunk_size), 1):
+            t0 = time.perf_counter()
+            state, metrics = chunk(state, hparams, jnp.int32(first))
+            metrics = jax.device_get(metrics)  # blocks until the chunk is done
+            run_seconds += time.perf_counter() - t0
+            valid = min(chunk_size, n_iters - first)
+            metrics = {k: np.asarray(v)[:, :valid] for k, v in metrics.items()}
+            pieces.append(metrics)
+            done = first + valid
+            if on_chunk is not None:
+                on_chunk(done, metrics, run_seconds)
+            due = (checkpoint_every and n_chunk % checkpoint_every == 0
+                   and time.perf_counter() - last_save >= checkpoint_min_seconds)
+            if ckpt is not None and (due or done == n_iters):
+                t0 = last_save = time.perf_counter()
+                _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds)
+                saved = done
+                dt = time.perf_counter() - t0
+                run_seconds += dt
+                checkpoint_seconds += dt
+        if ckpt is not None and saved != done:  # e.g. resumed from a checkpoint of a finished run
+            _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds)
+        if ckpt is not None:
+            t0 = time.perf_counter()
+            ckpt.wait()  # async writes must be on disk before we return
+            dt = time.perf_counter() - t0
+            run_seconds += dt
+            checkpoint_seconds += dt
+    finally:
+        if ckpt is not None:
+            ckpt.close()
     merged = {k: np.concatenate([p[k] for p in pieces], axis=1) for k in pieces[0]}
-    return Run(config, num_seeds, state, merged, compile_seconds, run_seconds)
+    if len(pieces) > 1:
+        pieces[:] = [merged]
+    return Run(config, num_seeds, state, merged, compile_seconds, run_seconds,
+               checkpoint_seconds, restored.iterations_done if restored is not None else 0)
+
+
+def _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds) -> None:
+    merged = {k: np.concatenate([p[k] for p in pieces], axis=1) for k in pieces[0]}
+    pieces[:] = [merged]  # keep the host-side list short
+    ckpt.save(state, merged, config=config.to_dict(), num_seeds=num_seeds, chunk_size=chunk_size,
+              hparams=hparams, run_seconds=run_seconds)
+
+
+def _check_resumable(meta: dict, config: Config, num_seeds: int, hparams: dict | None) -> None:
+    saved = meta["config"]
+    now = config.to_dict()
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        raise ValueError("cannot resume: the config differs from the checkpoint's in "
+                         + ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed))
+    if meta["num_seeds"] != num_seeds:
+        raise ValueError(f"cannot resume: the checkpoint has {meta['num_seeds']} seed(s), not {num_seeds}")
+    now_hp = None if hparams is None else {k: np.asarray(v).tolist() for k, v in hparams.items()}
+    if meta.get("hparams") != now_hp:
+        raise ValueError(f"cannot resume: hparams {now_hp} differ from the checkpoint's {meta.get('hparams')}")

@@ -1,0 +1,277 @@
+"""Full-state checkpoints of a (vmapped) training run, for exact resume and for inference.
+
+A checkpoint is one orbax step directory ``<dir>/<iterations_done>/`` holding three items:
+
+- ``state``: the whole ``TrainState`` with its leading seeds axis (agent params, optimizer state,
+  target params, replay buffer, env state, last observation, normaliser statistics, RNG keys,
+  iteration counter). Typed PRNG keys are stored as their raw ``key_data`` (uint32) and wrapped
+  again on restore with the impl recorded in ``meta``.
+- ``history``: every per-iteration metric so far, ``(seeds, iterations_done)`` NumPy arrays.
+- ``meta`` (JSON): ``iterations_done``, ``num_seeds``, ``chunk_size``, the resolved config as a
+  dict, the traced ``hparams`` overrides, accumulated ``run_seconds``, the ``score`` and the
+  metric shapes/dtypes.
+
+Atomicity: orbax writes each step into ``<step>.orbax-checkpoint-tmp-*`` and renames it to
+``<step>`` only once every item is written (a rename is atomic on a local file system), so a
+process killed mid-save leaves at most a tmp directory, which is never listed as a step and is
+removed the next time a :class:`Checkpointer` is opened. On top of that, :meth:`Checkpointer.restore`
+falls back to the next older step if the newest cannot be read (e.g. damaged by hand or by a
+failing disk), warning about it.
+
+Retention: the last ``keep`` steps plus the best one. "Best" = the highest ``score``, which is
+the mean over seeds of :func:`jaxrl.metrics.final_return` of the metrics so far (mean return of
+the episodes finished in the last 5 % of the iterations done at save time); a step whose score
+is NaN (no episode finished in that window for any seed) ranks below every other.
+
+Restoring is always done against an abstract target (``jax.eval_shape`` of the vmapped
+``train.init``), so the restored pytree has exactly the structure and dtypes of a live
+``TrainState``: optax NamedTuples stay NamedTuples, flax struct nodes stay struct nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+from jaxrl import metrics as M
+
+CHECKPOINT_SUBDIR = "checkpoints"  # where ``jaxrl train`` keeps them inside a run folder
+NAN_SCORE = -1e30  # what a NaN score ranks as for "best"
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- PRNG keys
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _key_impls(state: Any) -> list[str | None]:
+    """Per leaf: the PRNG impl name of a typed-key leaf, None for other leaves."""
+    return [str(jax.random.key_impl(x)) if _is_key(x) else None for x in jax.tree.leaves(state)]
+
+
+def _to_saveable(state: Any) -> Any:
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
+
+
+def _saveable_target(abstract: Any) -> Any:
+    """Abstract target with key leaves replaced by their key-data shape, on the default device."""
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def one(x):
+        if _is_key(x):
+            x = jax.eval_shape(jax.random.key_data, x)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    return jax.tree.map(one, abstract)
+
+
+def _from_saveable(restored: Any, abstract: Any, impls: list[str | None]) -> Any:
+    leaves, treedef = jax.tree.flatten(restored)
+    abstract_leaves = jax.tree.leaves(abstract)
+    if len(leaves) != len(abstract_leaves) or len(impls) != len(leaves):
+        raise ValueError("checkpointed state does not match the train state's structure")
+    out = []
+    for leaf, target, impl in zip(leaves, abstract_leaves, impls):
+        if _is_key(target):
+            if impl is None:
+                raise ValueError("checkpoint holds raw data where the train state has a PRNG key")
+            leaf = jax.random.wrap_key_data(leaf, impl=impl)
+        if leaf.shape != target.shape or leaf.dtype != target.dtype:
+            raise ValueError(f"checkpointed leaf {leaf.shape} {leaf.dtype} does not match "
+                             f"the train state's {target.shape} {target.dtype}")
+        out.append(leaf)
+    return jax.tree.unflatten(treedef, out)
+
+
+# --------------------------------------------------------------------------- score
+def score(metrics: dict[str, np.ndarray]) -> float:
+    """Checkpoint ranking: mean over seeds of the final return of the metrics so far (NaN-aware)."""
+    final = M.final_return(metrics)
+    return float(np.nanmean(final)) if not np.all(np.isnan(final)) else float("nan")
+
+
+# --------------------------------------------------------------------------- checkpointer
+@dataclasses.dataclass
+class Restored:
+    step: int  # = iterations_done
+    state: Any  # TrainState with a leading seeds axis
+    metrics: dict[str, np.ndarray]  # each (seeds, iterations_done)
+    meta: dict[str, Any]
+
+    @property
+    def iterations_done(self) -> int:
+        return self.step
+
+
+class Checkpointer:
+    """Saves and restores training checkpoints in ``directory`` (an orbax CheckpointManager).
+
+    ``keep``: how many of the latest steps to keep; the best-scoring step is kept as well when
+    ``keep_best``. ``async_save``: write in a background thread while training goes on (each
+    save first waits for the previous one; call :meth:`close` at the end).
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 2, keep_best: bool = True,
+                 async_save: bool = False, read_only: bool = False):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.directory = Path(directory).absolute()
+        policies: list[Any] = [ocm.preservation_policy.LatestN(n=keep)]
+        if keep_best:
+            policies.append(ocm.preservation_policy.BestN(
+                get_metric_fn=lambda m: m["score"], reverse=False, n=1,
+                keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocm.preservation_policy.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only,
+            create=not read_only, read_only=read_only)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    # -- queries
+    def steps(self) -> list[int]:
+        """Complete checkpoints, oldest first (tmp directories of unfinished saves excluded)."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def meta(self, step: int | None = None) -> dict[str, Any]:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def best_step(self) -> int | None:
+        """The step with the highest score (NaN ranks lowest; ties go to the later step)."""
+        best, best_score = None, -math.inf
+        for step in self.steps():
+            s = self.meta(step)["score"]
+            s = NAN_SCORE if s is None or math.isnan(s) else s
+            if s >= best_score:
+                best, best_score = step, s
+        return best
+
+    # -- save / restore
+    def save(self, state: Any, metrics: dict[str, np.ndarray], *, config: dict[str, Any],
+             num_seeds: int, chunk_size: int, hparams: dict[str, Any] | None = None,
+             run_seconds: float = 0.0) -> int:
+        """Save at step ``iterations_done`` (= the metrics' second axis); returns that step."""
+        metrics = {k: np.asarray(v) for k, v in metrics.items()}
+        step = int(next(iter(metrics.values())).shape[1])
+        s = score(metrics)
+        meta = {
+            "iterations_done": step, "num_seeds": int(num_seeds), "chunk_size": int(chunk_size),
+            "config": config, "run_seconds": float(run_seconds),
+            "hparams": None if hparams is None else {k: np.asarray(v).tolist() for k, v in hparams.items()},
+            "score": None if math.isnan(s) else s,
+            "metrics": {k: [list(v.shape), str(v.dtype)] for k, v in metrics.items()},
+            "key_impls": _key_impls(state),
+        }
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_to_saveable(state)),
+            history=ocp.args.StandardSave(metrics),
+            meta=ocp.args.JsonSave(meta)),
+            metrics={"score": NAN_SCORE if math.isnan(s) else s}, force=True)
+        return step
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> Restored | None:
+        """Restore ``step`` (default: the newest readable one) against ``abstract_state``.
+
+        Without ``step``, a newest checkpoint that cannot be read is skipped with a warning and
+        the next older one is tried. Returns None when there is no checkpoint at all.
+        """
+        self.wait()
+        steps = [step] if step is not None else self.steps()[::-1]
+        for i, s in enumerate(steps):
+            try:
+                return self._restore(abstract_state, s)
+            except Exception as err:  # noqa: BLE001 - fall back to an older checkpoint
+                if step is not None or i == len(steps) - 1:
+                    raise
+                warnings.warn(f"checkpoint {self.directory / str(s)} could not be restored "
+                              f"({type(err).__name__}: {err}); trying an older one", stacklevel=2)
+        return None
+
+    def _restore(self, abstract_state: Any, step: int) -> Restored:
+        meta = self.meta(step)
+        metrics_target = {k: np.zeros(shape, dtype) for k, (shape, dtype) in meta["metrics"].items()}
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_saveable_target(abstract_state)),
+            history=ocp.args.StandardRestore(metrics_target)))
+        state = _from_saveable(out["state"], abstract_state, meta["key_impls"])
+        metrics = {k: np.asarray(v) for k, v in out["history"].items()}
+        return Restored(step, state, metrics, meta)
+
+    def wait(self) -> None:
+        """Block until a background save has finished."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def abstract_state(config, num_seeds: int, hparams: dict | None = None) -> Any:
+    """Shapes/dtypes of the vmapped ``TrainState`` of ``config`` (no computation, no compile)."""
+    from jaxrl.loop import make_train, seed_keys
+
+    train = make_train(config)
+    keys = seed_keys(config.seed, num_seeds)
+    return jax.eval_shape(jax.vmap(train.init, in_axes=(0, None)), keys, hparams)
+
+
+def load_policy(run_dir: str | Path, step: int | str | None = None) -> tuple[Any, Any]:
+    """Load a trained run for inference: ``(state, config)``.
+
+    ``run_dir`` is a ``jaxrl train`` run folder (its checkpoints are in ``run_dir/checkpoints``)
+    or a checkpoint directory itself. ``step``: an iteration count, ``"best"``, or None for the
+    latest. ``state`` is the whole ``TrainState`` with a leading seeds axis; ``state.agent``
+    holds the agent (params etc.). To act with seed ``i``::
+
+        state, config = load_policy(run_dir)
+        train = jaxrl.make_train(config)
+        ctx = jaxrl.loop.Context(config, train.spec, config.hparams(), jnp.int32(0))
+        agent_i = jax.tree.map(lambda x: x[i], state.agent)
+        obs_i = state.obs_stats.normalize(obs) if config.normalize_obs else obs  # stats of seed i
+        action, _ = algo_module(config.algo).act(ctx, agent_i, obs_i, key)  # obs: (num_envs, ...)
+    """
+    from jaxrl.config import algo_module, build
+
+    path = Path(run_dir)
+    if (path / CHECKPOINT_SUBDIR).is_dir():
+        path = path / CHECKPOINT_SUBDIR
+    ckpt = Checkpointer(path, read_only=True, async_save=False)
+    try:
+        if step == "best":
+            step = ckpt.best_step()
+        elif step is None:
+            step = ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {path}")
+        meta = ckpt.meta(step)
+        data = meta["config"]
+        config = build(algo_module(data["algo"]).Config, data)
+        restored = ckpt.restore(abstract_state(config, meta["num_seeds"], meta["hparams"]), step)
+    finally:
+        ckpt.close()
+    return restored.state, config
