@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs", metavar="DIR",
                    help="parent folder of the run folder (default ./runs)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--log", default="", metavar="LIST",
+                   help="extra loggers, comma-separated: csv, tensorboard, wandb (metrics.jsonl is always "
+                   "written); a logger whose package is missing is skipped with a note")
     p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
                    help="save the full training state to RUN_DIR/checkpoints every N chunks and at "
                    "the end (default 1; 0: only at the end; -1: never)")
@@ -179,8 +182,16 @@ def _train(args: argparse.Namespace, config) -> int:
           f"{total} iterations x {config.steps_per_iteration} steps -> {run_dir}", flush=True)
     returns: list[np.ndarray] = []
 
+    from jaxrl.loggers import log_all, make_loggers
+
+    try:
+        loggers = make_loggers([x for x in args.log.split(",") if x], run_dir, config.to_dict())
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
     def on_chunk(done: int, chunk: dict, seconds: float) -> None:
         M.write_jsonl(str(metrics_path), M.rows(chunk, done - chunk["env_steps"].shape[1]))
+        log_all(loggers, done - chunk["env_steps"].shape[1], chunk)
         returns.append(M.latest(chunk["episode_return"]))
         if args.quiet:
             return
@@ -214,6 +225,8 @@ def _train(args: argparse.Namespace, config) -> int:
                       checkpoint_dir=None if every < 0 else run_dir / CHECKPOINT_SUBDIR,
                       checkpoint_every=max(every, 0), keep=args.keep, resume=bool(args.resume),
                       checkpoint_min_seconds=args.checkpoint_seconds, on_resume=on_resume)
+    for logger in loggers:
+        logger.close()
     final = M.final_return(run.metrics)
     summary = {
         "config": name, "algo": config.algo, "env": config.env, "seeds": args.seeds,

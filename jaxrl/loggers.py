@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from jaxrl.metrics import rows
+
 Chunk = Mapping[str, np.ndarray]  # name -> (seeds, iterations)
 
 
@@ -33,10 +35,6 @@ def _aggregate(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
 
 
-def _clean(x: float) -> float | None:
-    return None if math.isnan(x) else x
-
-
 class JsonlLogger:
     """One JSON object per iteration: ``{"iteration", name: [per seed], ...}`` (NaN -> null)."""
 
@@ -44,11 +42,7 @@ class JsonlLogger:
         self.file = open(path, "a")
 
     def log(self, first_iteration: int, chunk: Chunk) -> None:
-        n = next(iter(chunk.values())).shape[-1]
-        for i in range(n):
-            row: dict[str, Any] = {"iteration": first_iteration + i}
-            for name, values in chunk.items():
-                row[name] = [_clean(float(v)) for v in np.asarray(values)[:, i]]
+        for row in rows(chunk, first_iteration):
             self.file.write(json.dumps(row) + "\n")
         self.file.flush()
 

@@ -47,3 +47,12 @@ def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "ppo_cartpole" in out and "dqn" in out and "CartPole-v1" in out and "brax/ant" in out
+
+
+def test_train_with_extra_loggers(tmp_path, capsys):
+    assert main(["train", "ppo_cartpole", "total_steps=2048", "--out", str(tmp_path), "--log", "csv,tensorboard",
+                 "--checkpoint-every", "-1"]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4 * 2  # header + (seed, mean) rows
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert main(["train", "ppo_cartpole", "total_steps=2048", "--out", str(tmp_path), "--log", "bogus"]) == 2
