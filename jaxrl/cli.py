@@ -10,6 +10,7 @@ import argparse
 import datetime
 import json
 import platform
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -75,6 +76,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="timed runs per seed count after compiling; the best is reported (default 2)")
     b.add_argument("--json", default=None, metavar="PATH", help="write results here (default runs/bench-NAME-TIME.json)")
 
+    w = sub.add_parser(
+        "sweep", help="train a grid of hyperparameters x seeds in one compiled program",
+        description="Train every combination of --grid values for --seeds seeds as one vmapped program "
+        "(sharded over all devices). Writes config.yaml, results.csv (one row per setting and seed), "
+        "summary.json (IQM and mean final return with 95%% bootstrap intervals per setting), "
+        "metrics.npz (every metric, shaped settings x seeds x iterations) and curves.png.",
+        epilog=EPILOG + "\nExample: jaxrl sweep ppo_cartpole --seeds 8 --grid lr=1e-4,3e-4 ent_coef=0,0.01\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("config", metavar="NAME_OR_PATH")
+    w.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (before --grid)")
+    w.add_argument("--grid", nargs="+", required=True, metavar="key=v1,v2",
+                   help="values to sweep per key; traced hyperparameters share one program")
+    w.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per setting (default 1)")
+    w.add_argument("--separate", action="store_true",
+                   help="allow static keys (e.g. num_envs), compiling one program per value")
+    w.add_argument("--batch-size", default=None, metavar="B",
+                   help="runs per batch of the compiled program: an integer or 'auto' (default: all at once)")
+    w.add_argument("--out", default="runs", metavar="DIR", help="parent folder of the run folder (default ./runs)")
+
+    pl = sub.add_parser("plot", help="learning curves of run folders as a PNG",
+                        description="Plot the IQM over seeds (with a 95%% bootstrap band) of a metric from "
+                        "each run folder's metrics.jsonl, one line per run.")
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    pl.add_argument("--metric", default="episode_return", help="metric to plot (default episode_return)")
+    pl.add_argument("--smooth", type=int, default=10, metavar="K", help="smoothing window in iterations (default 10)")
+    pl.add_argument("--out", default=None, metavar="PNG", help="output file (default RUN_DIR/curves.png of the first run)")
+
     sub.add_parser("list", help="list bundled configs, algorithms and environments")
 
     args = parser.parse_args(argv)
@@ -82,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list()
+        if args.command == "plot":
+            return _plot(args)
         if args.command == "train" and args.resume:
             return _train(args, _resume_config(args))
         if args.config is None:
@@ -91,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {config.rounding_note()}")
         if args.command == "train":
             return _train(args, config)
+        if args.command == "sweep":
+            return _sweep(args, config)
         return _bench(args, config)
     except ConfigError as err:
         print(f"jaxrl: error: {err}", file=sys.stderr)
@@ -246,6 +278,83 @@ def _train(args: argparse.Namespace, config) -> int:
     print(f"compile {run.compile_seconds:.1f} s, run {run.run_seconds:.1f} s, "
           f"{run.steps_per_second:,.0f} env steps/s ({args.seeds} seed(s) together)")
     print(f"run folder: {run_dir}")
+    return 0
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """``["lr=1e-4,3e-4", "hidden=[32,32],[64,64]"]`` -> ``{"lr": [1e-4, 3e-4], "hidden": [[32, 32], [64, 64]]}``."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or not raw:
+            raise ConfigError(f"--grid item {item!r} is not of the form key=v1,v2,...")
+        grid[key] = [_grid_value(v) for v in re.split(r",(?![^\[]*\])", raw)]
+    return grid
+
+
+def _grid_value(text: str):
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        return yaml.safe_load(text)
+
+
+def _sweep(args: argparse.Namespace, config) -> int:
+    grid = parse_grid(args.grid)
+    batch = args.batch_size
+    if batch is not None and batch != "auto":
+        try:
+            batch = int(batch)
+        except ValueError:
+            raise ConfigError(f"--batch-size must be an integer or 'auto', got {batch!r}") from None
+    from jaxrl import plots, stats
+    from jaxrl.sweeps import sweep
+
+    name = Path(args.config).stem
+    print(f"jaxrl sweep {name}: {config.algo} on {config.env}, grid {grid}, {args.seeds} seed(s) each", flush=True)
+    result = sweep(config, seeds=args.seeds, grid=grid, batch_size=batch, separate=args.separate)
+    run_dir = Path(args.out) / f"sweep-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    result.to_dataframe().to_csv(run_dir / "results.csv", index=False)
+    np.savez_compressed(run_dir / "metrics.npz", **result.metrics)
+    labels = [", ".join(f"{k}={v}" for k, v in s.items()) for s in result.settings]
+    finals = result.final_return()
+    scores = {label: finals[i][:, None] for i, label in enumerate(labels) if np.isfinite(finals[i]).all()}
+    table = stats.aggregate(scores, metrics=("iqm", "mean"), as_frame=False) if scores else []
+    summary = {"config": name, "grid": grid, "seeds": result.seeds, "settings": result.settings,
+               "final_return": [[None if np.isnan(x) else float(x) for x in row] for row in finals],
+               "aggregate": table, "best": result.best() if np.isfinite(finals).any() else None,
+               "compile_seconds": round(result.compile_seconds, 3), "run_seconds": round(result.run_seconds, 3)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    curves = {label: {k: v[i] for k, v in result.metrics.items()} for i, label in enumerate(labels)}
+    plots.save(plots.learning_curves(curves, smooth=10), run_dir / "curves.png", close=True)
+    print(f"{'setting':<40} {'IQM final return':>17} {'95% CI':>20}")
+    for row in table:
+        if row["metric"] == "iqm":
+            interval = "[{low:.1f}, {high:.1f}]".format(**row)
+            print(f"{row['algorithm']:<40} {row['point']:>17.2f} {interval:>20}")
+    print(f"best: {summary['best']}")
+    print(f"{len(result.settings) * args.seeds} runs: compile {result.compile_seconds:.1f} s, "
+          f"run {result.run_seconds:.1f} s -> {run_dir}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from jaxrl import metrics as M
+    from jaxrl import plots
+
+    curves = {}
+    for run in args.runs:
+        path = Path(run) / "metrics.jsonl"
+        if not path.is_file():
+            raise ConfigError(f"{run!r} is not a jaxrl run folder (no metrics.jsonl)")
+        curves[Path(run).name] = M.read_jsonl(path)
+        if args.metric not in curves[Path(run).name]:
+            raise ConfigError(f"{run!r} has no metric {args.metric!r}; it has {sorted(curves[Path(run).name])}")
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "curves.png"
+    plots.save(plots.learning_curves(curves, y=args.metric, smooth=args.smooth), out, close=True)
+    print(f"wrote {out}")
     return 0
 
 

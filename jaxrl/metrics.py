@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,3 +55,13 @@ def write_jsonl(path: str, rows_: Iterator[dict[str, Any]], mode: str = "a") -> 
     with open(path, mode) as f:
         for row in rows_:
             f.write(json.dumps(row) + "\n")
+
+
+def read_jsonl(path: str | Path) -> dict[str, np.ndarray]:
+    """The metrics of a run folder's ``metrics.jsonl`` as ``(seeds, iterations)`` arrays (null -> NaN)."""
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    if not records:
+        raise ValueError(f"{path} holds no metrics rows")
+    names = [k for k in records[0] if k != "iteration"]
+    return {k: np.array([[np.nan if x is None else x for x in r[k]] for r in records], np.float64).T for k in names}

@@ -56,3 +56,25 @@ def test_train_with_extra_loggers(tmp_path, capsys):
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4 * 2  # header + (seed, mean) rows
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert main(["train", "ppo_cartpole", "total_steps=2048", "--out", str(tmp_path), "--log", "bogus"]) == 2
+
+
+def test_sweep_and_plot(tmp_path, capsys):
+    assert main(["sweep", "ppo_cartpole", "total_steps=3072", "--seeds", "2", "--grid", "lr=1e-4,1e-3",
+                 "clip_eps=0.2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "best:" in out and "4 runs" in out
+    (run_dir,) = tmp_path.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["grid"] == {"lr": [1e-4, 1e-3], "clip_eps": [0.2]} and len(summary["final_return"]) == 2
+    assert (run_dir / "results.csv").read_text().count("\n") == 1 + 4
+    assert (run_dir / "curves.png").stat().st_size > 1000
+    assert main(["sweep", "ppo_cartpole", "--grid", "num_envs=4,8"]) == 2
+    assert "static field" in capsys.readouterr().err
+    assert main(["sweep", "ppo_cartpole", "--grid", "lr="]) == 2
+
+    train_dir = tmp_path / "train"
+    assert main(["train", "ppo_cartpole", "total_steps=4096", "--seeds", "2", "--out", str(train_dir)]) == 0
+    (run,) = train_dir.iterdir()
+    assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert main(["plot", str(tmp_path)]) == 2
