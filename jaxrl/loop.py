@@ -104,6 +104,12 @@ class TrainOutput(struct.PyTreeNode):
     metrics: Metrics  # each of shape (num_iterations,) (plus leading vmap axes)
 
 
+def nan_like(shapes: Any) -> Any:
+    """NaN-filled arrays shaped like ``shapes`` (from ``jax.eval_shape``): the metrics of a step
+    that was skipped (a ``lax.cond`` branch that did not run)."""
+    return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+
 def make_env(config: Config) -> tuple[envs.Environment, Any]:
     """The training env (auto-reset, episode statistics) and its params, or a ConfigError."""
     try:
@@ -194,9 +200,8 @@ def make_train(config: Config) -> types.FunctionType:
         new_state = TrainState(agent, env_state, obs, obs_stats, scaler, key, state.iteration + 1)
         if evaluate is not None:  # after the update, on iterations eval_every, 2*eval_every, ...
             due = (i + 1) % config.eval_every == 0
-            shapes = jax.eval_shape(evaluate, new_state, hp, k_eval)
-            skip = lambda: jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)  # noqa: E731
-            metrics |= jax.lax.cond(due, lambda: evaluate(new_state, hp, k_eval), skip)
+            skipped = nan_like(jax.eval_shape(evaluate, new_state, hp, k_eval))
+            metrics |= jax.lax.cond(due, lambda: evaluate(new_state, hp, k_eval), lambda: skipped)
         return new_state, metrics
 
     def run_chunk(state: TrainState, hparams: dict | None, start: jax.Array, length: int) -> tuple[TrainState, Metrics]:
@@ -206,10 +211,9 @@ def make_train(config: Config) -> types.FunctionType:
         the last (partial) one included; skipped iterations return NaN metrics.
         """
         hp = hparams_of(hparams)
-        shapes = jax.eval_shape(iteration, state, hp, jnp.int32(0))[1]
+        empty = nan_like(jax.eval_shape(iteration, state, hp, jnp.int32(0))[1])
 
         def body(state, i):
-            empty = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
             return jax.lax.cond(i < n_iters, lambda s: iteration(s, hp, i), lambda s: (s, empty), state)
 
         return jax.lax.scan(body, state, start + jnp.arange(length, dtype=jnp.int32))

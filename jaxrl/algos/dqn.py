@@ -19,7 +19,7 @@ from flax import struct
 
 from jaxrl import config as cfg
 from jaxrl import optim, replay
-from jaxrl.loop import Context, Spec, Transition
+from jaxrl.loop import Context, Spec, Transition, nan_like
 from jaxrl.networks import QNetwork
 
 
@@ -156,8 +156,7 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
         return agent, jax.tree.map(jnp.mean, metrics)
 
     def wait(agent: State) -> tuple[State, dict]:  # replay warm-up: no gradient steps yet
-        shapes = jax.eval_shape(train, agent)[1]
-        return agent, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+        return agent, nan_like(jax.eval_shape(train, agent)[1])
 
     ready = ctx.env_steps + c.steps_per_iteration >= c.learning_starts
     agent, metrics = jax.lax.cond(ready, train, wait, agent)
