@@ -1,4 +1,4 @@
-"""The ``jaxrl`` command: train, bench and list.
+"""The ``jaxrl`` command: train, eval, sweep, plot, bench and list.
 
 Configs are checked before jax is even imported, so mistakes are reported in a fraction of a
 second, not after a compile.
@@ -7,9 +7,10 @@ second, not after a compile.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
-import platform
+import logging
 import re
 import sys
 import warnings
@@ -64,17 +65,53 @@ def main(argv: list[str] | None = None) -> int:
                    "its config.yaml is used (overrides that change it are refused)")
 
     b = sub.add_parser(
-        "bench", help="measure compile time and env steps/s per number of seeds",
+        "bench", help="measure compile time and env steps/s per number of seeds (scaling curves)",
         description="Compile and run the whole training program (one jax.jit(jax.vmap(train))) for "
-        "each seed count; compile seconds and run seconds are measured separately (the first run "
-        "is a warm-up and is not timed when --repeats > 1). Prints a table and writes JSON.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("config", metavar="NAME_OR_PATH")
-    b.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    b.add_argument("--seeds", default="1,8,64", metavar="LIST", help="comma-separated seed counts (default 1,8,64)")
+        "each seed count, in ascending order; compile seconds and run seconds are measured separately "
+        "(the fastest of --repeats runs after compiling is reported). Before a count runs, its compiled "
+        "program's memory analysis is checked against the device's free memory (host RAM on CPU); the "
+        "first count that does not fit (or that XLA refuses with RESOURCE_EXHAUSTED) ends that config's "
+        "curve, and the JSON says why. Several configs give one curve each. Prints a table and writes "
+        "JSON with device and version information; --plot draws the curves.",
+        epilog=EPILOG + "\nWith several configs, an override applies to each config that has the key. Examples:\n"
+        "  jaxrl bench ppo_cartpole --seeds 1,8,64\n"
+        "  jaxrl bench ppo_cartpole dqn_cartpole total_steps=100000 --seeds 1:64 --plot scaling.png\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("configs", nargs="+", metavar="NAME_OR_PATH [key=value]",
+                   help="one or more config names or YAML paths, and config overrides")
+    b.add_argument("--seeds", default="1,8,64", metavar="SPEC",
+                   help="seed counts: comma-separated counts and geometric ranges START:MAX[:FACTOR] "
+                   "(START, START*FACTOR, ... up to MAX; FACTOR defaults to 2), e.g. 1,8,64 or 1:4096 "
+                   "(= 1,2,4,...,4096) or 1:1000:10 (default 1,8,64)")
     b.add_argument("--repeats", type=int, default=2, metavar="R",
                    help="timed runs per seed count after compiling; the best is reported (default 2)")
+    b.add_argument("--memory-limit", type=float, default=None, metavar="GIB",
+                   help="stop a curve at the first seed count whose program needs more than GIB GiB "
+                   "(default: the device's free memory)")
     b.add_argument("--json", default=None, metavar="PATH", help="write results here (default runs/bench-NAME-TIME.json)")
+    b.add_argument("--plot", default=None, metavar="PNG",
+                   help="also draw env steps/s and compile seconds against the seed count (log-x) as a PNG")
+
+    e = sub.add_parser(
+        "eval", help="evaluate the checkpoint of a training run folder",
+        description="Play --episodes episodes per seed with the policy saved in RUN_DIR's newest (or "
+        "--step) checkpoint, with the greedy / mean action unless --stochastic, on the run's eval "
+        "environment (env_kwargs updated by eval_env_kwargs) changed by --env-kwargs. Prints each "
+        "seed's mean and std return and writes RUN_DIR/eval.json.",
+        epilog="Example: jaxrl eval runs/ppo_cartpole-20250101-120000 --episodes 32 "
+        "--env-kwargs max_steps_in_episode=1000\n", formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("run", metavar="RUN_DIR", help="a folder written by `jaxrl train ... --out DIR`")
+    e.add_argument("--episodes", type=int, default=16, metavar="N", help="episodes per seed (default 16)")
+    e.add_argument("--stochastic", action="store_true",
+                   help="sample actions from the policy (PPO) / epsilon-greedy with eps_end (DQN)")
+    e.add_argument("--env-kwargs", nargs="+", default=[], metavar="key=value",
+                   help="environment parameters to change for evaluation (YAML values)")
+    e.add_argument("--seeds", default=None, metavar="LIST",
+                   help="comma-separated seed values of the run to evaluate (default: all)")
+    e.add_argument("--step", default=None, metavar="STEP",
+                   help="checkpoint to load: an iteration count, 'best' or 'latest' (default latest)")
+    e.add_argument("--key", type=int, default=0, metavar="K",
+                   help="PRNG seed of the evaluation episodes (default 0)")
 
     w = sub.add_parser(
         "sweep", help="train a grid of hyperparameters x seeds in one compiled program",
@@ -112,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "plot":
             return _plot(args)
+        if args.command == "bench":
+            return _bench(args)
+        if args.command == "eval":
+            return _eval(args)
         if args.command == "train" and args.resume:
             return _train(args, _resume_config(args))
         if args.config is None:
@@ -121,9 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {config.rounding_note()}")
         if args.command == "train":
             return _train(args, config)
-        if args.command == "sweep":
-            return _sweep(args, config)
-        return _bench(args, config)
+        return _sweep(args, config)
     except ConfigError as err:
         print(f"jaxrl: error: {err}", file=sys.stderr)
         return 2
@@ -358,31 +397,107 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace, config) -> int:
-    try:
-        counts = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    if not counts or min(counts) < 1:
-        raise ConfigError(f"--seeds needs positive seed counts, got {args.seeds!r}")
+def _bench(args: argparse.Namespace) -> int:
+    from jaxrl.bench import GIB, seed_counts
+
+    names = [x for x in args.configs if "=" not in x]
+    overrides = parse_overrides([x for x in args.configs if "=" in x])
+    if not names:
+        raise ConfigError("jaxrl bench needs at least one config name or YAML path (see `jaxrl list`)")
+    if len(set(names)) < len(names):
+        raise ConfigError(f"a config is named twice: {' '.join(names)}")
+    configs = _bench_configs(names, overrides)
+    counts = seed_counts(args.seeds)
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
-    from jaxrl.bench import benchmark
+    if args.memory_limit is not None and args.memory_limit <= 0:
+        raise ConfigError(f"--memory-limit must be a positive number of GiB, got {args.memory_limit}")
+    for name, config in configs.items():
+        if config.rounding_note():
+            print(f"note: {name}: {config.rounding_note()}")
+    from jaxrl.bench import benchmark_all, save_plot
 
-    name = Path(args.config).stem
-    rows = benchmark(config, counts, args.repeats)
-    print(f"jaxrl bench {name}: {config.algo} on {config.env}, "
-          f"{config.num_iterations * config.steps_per_iteration:,} env steps per seed")
-    print(f"{'seeds':>6} {'compile s':>10} {'run s':>8} {'env steps/s':>14} {'final return':>13}")
-    for r in rows["results"]:
+    header = f"{'seeds':>6} {'compile s':>10} {'run s':>8} {'env steps/s':>14} {'final return':>13}"
+    current = [None]
+
+    def on_result(name: str, r: dict) -> None:
+        if current[0] != name:
+            current[0] = name
+            config = configs[name]
+            print(f"jaxrl bench {name}: {config.algo} on {config.env}, "
+                  f"{config.num_iterations * config.steps_per_iteration:,} env steps per seed\n{header}")
+        final = r["final_return_mean"]
         print(f"{r['seeds']:>6} {r['compile_seconds']:>10.2f} {r['run_seconds']:>8.2f} "
-              f"{r['env_steps_per_second']:>14,.0f} {r['final_return_mean']:>13.2f}")
-    path = Path(args.json or f"runs/bench-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
+              f"{r['env_steps_per_second']:>14,.0f} {'nan' if final is None else f'{final:.2f}':>13}", flush=True)
+
+    print(f"seed counts: {','.join(map(str, counts))}", flush=True)
+    limit = None if args.memory_limit is None else int(args.memory_limit * GIB)
+    report = benchmark_all(configs, counts, args.repeats, memory_limit=limit, on_result=on_result)
+    for entry in report["benchmarks"]:
+        if entry["stopped"]:
+            stop = entry["stopped"]
+            print(f"{entry['config_name']}: stopped at {stop['seeds']} seeds ({stop['reason']}): {stop['message']}")
+    stem = "+".join(configs)
+    path = Path(args.json or f"runs/bench-{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows["config_name"] = name
-    rows["python"] = platform.python_version()
-    path.write_text(json.dumps(rows, indent=2) + "\n")
+    path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"json: {path}")
+    if args.plot:
+        if any(e["results"] for e in report["benchmarks"]):
+            print(f"plot: {save_plot(report, args.plot)}")
+        else:
+            print("plot: skipped, no seed count was measured")
+    return 0
+
+
+def _bench_configs(names: list[str], overrides: dict) -> dict:
+    """Each named config with the overrides its algorithm has (so ``learning_starts=...`` can go
+    with ``ppo_cartpole dqn_cartpole``); a key that no config has is an error."""
+    fields = {n: {f.name for f in dataclasses.fields(load_config(n))} for n in names}
+    unused = [k for k in overrides if not any(k in f for f in fields.values())]
+    if unused:
+        load_config(names[0], **{k: overrides[k] for k in unused})  # raises with suggestions
+    return {Path(n).stem: load_config(n, **{k: v for k, v in overrides.items() if k in fields[n]}) for n in names}
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from jaxrl.evaluate import evaluate_run
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--seeds must be comma-separated seed values, got {args.seeds!r}") from None
+    step = args.step
+    if step == "latest":
+        step = None
+    elif step is not None and step != "best":
+        if not step.isdigit():
+            raise ConfigError(f"--step must be an iteration count, 'best' or 'latest', got {step!r}")
+        step = int(step)
+    env_kwargs = parse_overrides(args.env_kwargs)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on opening checkpoints read-only
+    try:
+        result = evaluate_run(args.run, episodes=args.episodes, deterministic=not args.stochastic,
+                              env_kwargs=env_kwargs, seeds=seeds, step=step, key=args.key)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    mode = "sampled actions" if args.stochastic else "greedy / mean actions"
+    env = result["env"] + (f" {result['env_kwargs']}" if result["env_kwargs"] else "")
+    print(f"jaxrl eval {args.run}: {result['algo']} on {env}, "
+          f"checkpoint after {result['iteration']} iterations ({result['env_steps_per_seed']:,} env steps per seed), "
+          f"{args.episodes} episodes per seed, {mode}")
+    fmt = lambda x: "nan" if x is None else f"{x:.2f}"  # noqa: E731
+    for i, seed in enumerate(result["seeds"]):
+        cut = args.episodes - result["finished"][i]
+        note = f"  ({cut} episode(s) cut at eval_max_steps, left out)" if cut else ""
+        print(f"  seed {seed:>4}: return {fmt(result['return_mean'][i]):>9} ± {fmt(result['return_std'][i]):<8} "
+              f"length {fmt(result['length_mean'][i])}{note}")
+    print(f"mean ± std over seeds: {fmt(result['mean_over_seeds'])} ± {fmt(result['std_over_seeds'])}")
+    print(f"json: {Path(args.run) / 'eval.json'}")
     return 0
 
 
