@@ -23,6 +23,15 @@ the mean over seeds of :func:`jaxrl.metrics.final_return` of the metrics so far 
 the episodes finished in the last 5 % of the iterations done at save time); a step whose score
 is NaN (no episode finished in that window for any seed) ranks below every other.
 
+Saving in the background (``async_save=True``, what the runner uses): :meth:`Checkpointer.save`
+copies the state to host memory (small: parameters, optimizer moments, env states) and hands it to
+one writer thread of our own, then returns, so training goes on while orbax writes. One save is in
+flight at a time (the next save first waits for the previous one); :meth:`Checkpointer.wait`
+joins it and re-raises its error on the calling thread. The writer is a daemon thread, so a
+process interrupted while a save is in flight exits instead of hanging: the save is then
+abandoned as a tmp directory (see Atomicity) and the previous checkpoint stays the newest.
+(Orbax's own async saving is not used: it hung at process exit after an exception.)
+
 Restoring is always done against an abstract target (``jax.eval_shape`` of the vmapped
 ``train.init``), so the restored pytree has exactly the structure and dtypes of a live
 ``TrainState``: optax NamedTuples stay NamedTuples, flax struct nodes stay struct nodes.
@@ -33,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -62,7 +72,9 @@ def _key_impls(state: Any) -> list[str | None]:
 
 
 def _to_saveable(state: Any) -> Any:
-    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
+    """The state as host NumPy arrays (typed keys as their raw data), copied so that later device
+    computations cannot change what a background save writes."""
+    return jax.tree.map(lambda x: np.array(jax.random.key_data(x) if _is_key(x) else x), state)
 
 
 def _saveable_target(abstract: Any) -> Any:
@@ -120,7 +132,8 @@ class Checkpointer:
 
     ``keep``: how many of the latest steps to keep; the best-scoring step is kept as well when
     ``keep_best``. ``async_save``: write in a background thread while training goes on (each
-    save first waits for the previous one; call :meth:`close` at the end).
+    save first waits for the previous one; :meth:`wait` re-raises a failed save; use it as a
+    context manager or call :meth:`close` at the end, which waits for the last save).
     """
 
     def __init__(self, directory: str | Path, keep: int = 2, keep_best: bool = True,
@@ -135,13 +148,17 @@ class Checkpointer:
                 keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocm.preservation_policy.AnyPreservationPolicy(policies),
-            enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
             create=not read_only, read_only=read_only)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._async = async_save
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     # -- queries
     def steps(self) -> list[int]:
         """Complete checkpoints, oldest first (tmp directories of unfinished saves excluded)."""
+        self.wait()
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
@@ -153,6 +170,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        self.wait()
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def best_step(self) -> int | None:
@@ -169,7 +187,11 @@ class Checkpointer:
     def save(self, state: Any, metrics: dict[str, np.ndarray], *, config: dict[str, Any],
              num_seeds: int, chunk_size: int, hparams: dict[str, Any] | None = None,
              run_seconds: float = 0.0) -> int:
-        """Save at step ``iterations_done`` (= the metrics' second axis); returns that step."""
+        """Save at step ``iterations_done`` (= the metrics' second axis); returns that step.
+
+        With ``async_save`` this returns once the state is copied to host memory and the previous
+        save has finished (re-raising its error); the write itself goes on in the background.
+        """
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
         step = int(next(iter(metrics.values())).shape[1])
         s = score(metrics)
@@ -181,12 +203,24 @@ class Checkpointer:
             "metrics": {k: [list(v.shape), str(v.dtype)] for k, v in metrics.items()},
             "key_impls": _key_impls(state),
         }
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_to_saveable(state)),
-            history=ocp.args.StandardSave(metrics),
-            meta=ocp.args.JsonSave(meta)),
-            metrics={"score": NAN_SCORE if math.isnan(s) else s}, force=True)
+        items = ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state)),
+                                   history=ocp.args.StandardSave(metrics), meta=ocp.args.JsonSave(meta))
+        ranking = {"score": NAN_SCORE if math.isnan(s) else s}
+        self.wait()  # one save in flight at a time
+        if not self._async:
+            self._manager.save(step, args=items, metrics=ranking, force=True)
+            return step
+        self._writer = threading.Thread(target=self._write, args=(step, items, ranking),
+                                        name=f"jaxrl-checkpoint-{step}", daemon=True)
+        self._writer.start()
         return step
+
+    def _write(self, step: int, items: Any, ranking: dict[str, float]) -> None:
+        """Body of the writer thread: its error is kept for :meth:`wait` to re-raise."""
+        try:
+            self._manager.save(step, args=items, metrics=ranking, force=True)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            self._error = err
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Restored | None:
         """Restore ``step`` (default: the newest readable one) against ``abstract_state``.
@@ -217,18 +251,32 @@ class Checkpointer:
         return Restored(step, state, metrics, meta)
 
     def wait(self) -> None:
-        """Block until a background save has finished."""
-        self._manager.wait_until_finished()
+        """Block until a background save has finished; re-raise its error here if it failed."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise RuntimeError(f"saving a checkpoint in {self.directory} failed: {err}") from err
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Wait for the last save (re-raising its error), then release the manager."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> "Checkpointer":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # already failing: finish the save in flight, but do not hide the first error
+            self.close()
+        except Exception as err:  # noqa: BLE001
+            warnings.warn(f"{err} (while handling {exc_type.__name__})", stacklevel=2)
 
 
 def abstract_state(config, num_seeds: int, hparams: dict | None = None) -> Any:
