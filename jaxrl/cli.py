@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from jaxrl.compile_cache import enable_compilation_cache
 from jaxrl.config import ConfigError, RoundingWarning, algo_names, config_names, load_config, parse_overrides
 
 EPILOG = """\
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="iterations per compiled chunk between progress reports (default: 1/20 of the run)")
     p.add_argument("--out", default="runs", metavar="DIR",
                    help="parent folder of the run folder (default ./runs)")
-    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only the summary (no progress bar or progress lines)")
     p.add_argument("--log", default="", metavar="LIST",
                    help="extra loggers, comma-separated: csv, tensorboard, wandb (metrics.jsonl is always "
                    "written); a logger whose package is missing is skipped with a note")
@@ -142,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("list", help="list bundled configs, algorithms and environments")
 
+    for command in (p, b, w):  # the commands that compile a training program
+        command.add_argument("--no-compile-cache", action="store_true",
+                             help="do not use the persistent compilation cache (default: "
+                             "$JAXRL_CACHE_DIR or ~/.cache/jaxrl/jax, unless JAX's own is configured)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", RoundingWarning)  # printed as a note below instead
     try:
@@ -149,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "plot":
             return _plot(args)
+        if args.command in ("train", "bench", "sweep"):  # (does not import jax)
+            enable_compilation_cache(enabled=not args.no_compile_cache)
         if args.command == "bench":
             return _bench(args)
         if args.command == "eval":
@@ -251,7 +259,6 @@ def _train(args: argparse.Namespace, config) -> int:
     total = config.num_iterations
     print(f"jaxrl train {name}: {config.algo} on {config.env}, {args.seeds} seed(s), "
           f"{total} iterations x {config.steps_per_iteration} steps -> {run_dir}", flush=True)
-    returns: list[np.ndarray] = []
 
     from jaxrl.loggers import log_all, make_loggers
 
@@ -263,13 +270,6 @@ def _train(args: argparse.Namespace, config) -> int:
     def on_chunk(done: int, chunk: dict, seconds: float) -> None:
         M.write_jsonl(str(metrics_path), M.rows(chunk, done - chunk["env_steps"].shape[1]))
         log_all(loggers, done - chunk["env_steps"].shape[1], chunk)
-        returns.append(M.latest(chunk["episode_return"]))
-        if args.quiet:
-            return
-        steps = done * config.steps_per_iteration
-        recent = np.nanmean(returns[-1]) if not np.all(np.isnan(returns[-1])) else float("nan")
-        print(f"  iter {done:>6}/{total}  env steps {steps:>11,}/seed  "
-              f"{args.seeds * steps / seconds:>11,.0f} steps/s  return {recent:9.2f}", flush=True)
 
     def on_resume(done: int, restored: dict) -> None:
         """Keep the rows already written for iterations < done (drop later ones: they will be
@@ -287,7 +287,6 @@ def _train(args: argparse.Namespace, config) -> int:
         missing = {k: v[:, len(kept):done] for k, v in restored.items()}
         M.write_jsonl(str(tmp), M.rows(missing, len(kept)))
         tmp.replace(metrics_path)
-        returns.append(M.latest(restored["episode_return"]))
         print(f"resumed at iteration {done}/{total}", flush=True)
 
     print("compiling ...", flush=True)
@@ -295,7 +294,8 @@ def _train(args: argparse.Namespace, config) -> int:
     run = train_seeds(config, args.seeds, args.chunk_size, on_chunk=on_chunk,
                       checkpoint_dir=None if every < 0 else run_dir / CHECKPOINT_SUBDIR,
                       checkpoint_every=max(every, 0), keep=args.keep, resume=bool(args.resume),
-                      checkpoint_min_seconds=args.checkpoint_seconds, on_resume=on_resume)
+                      checkpoint_min_seconds=args.checkpoint_seconds, on_resume=on_resume,
+                      progress=not args.quiet)
     for logger in loggers:
         logger.close()
     final = M.final_return(run.metrics)
@@ -308,13 +308,16 @@ def _train(args: argparse.Namespace, config) -> int:
         "env_steps_per_seed": config.num_iterations * config.steps_per_iteration,
         "compile_seconds": round(run.compile_seconds, 3), "run_seconds": round(run.run_seconds, 3),
         "env_steps_per_second": round(run.steps_per_second, 1),
+        "checkpoint_seconds": round(run.checkpoint_seconds, 3),  # part of run_seconds (this session)
+        "compile_cache_hits": run.cache_hits, "compile_cache_lookups": run.cache_lookups,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\nfinal return per seed (mean of episodes in the last 5% of iterations):")
     for seed, value in zip(summary["seed_values"], final):
         print(f"  seed {seed:>4}: {value:9.2f}")
     print(f"mean ± std: {np.nanmean(final):.2f} ± {np.nanstd(final):.2f}")
-    print(f"compile {run.compile_seconds:.1f} s, run {run.run_seconds:.1f} s, "
+    cached = f" ({run.compile_note})" if run.cache_hits else ""
+    print(f"compile {run.compile_seconds:.1f} s{cached}, run {run.run_seconds:.1f} s, "
           f"{run.steps_per_second:,.0f} env steps/s ({args.seeds} seed(s) together)")
     print(f"run folder: {run_dir}")
     return 0
@@ -436,7 +439,7 @@ def _bench(args: argparse.Namespace) -> int:
     for entry in report["benchmarks"]:
         if entry["stopped"]:
             stop = entry["stopped"]
-            print(f"{entry['config_name']}: stopped at {stop['seeds']} seeds ({stop['reason']}): {stop['message']}")
+            print(f"{entry['config_name']}: stopped at {stop['seeds']} seed(s) ({stop['reason']}): {stop['message']}")
     stem = "+".join(configs)
     path = Path(args.json or f"runs/bench-{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
     path.parent.mkdir(parents=True, exist_ok=True)

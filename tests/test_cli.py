@@ -25,22 +25,76 @@ def test_train_writes_run_folder(tmp_path, capsys):
     assert summary["env_steps_per_second"] > 0 and summary["compile_seconds"] > 0
 
 
-def test_bench_prints_table_and_json(tmp_path, capsys):
-    path = tmp_path / "bench.json"
-    assert main(["bench", "ppo_cartpole", "total_steps=2048", "--seeds", "1,2", "--repeats", "1",
-                 "--json", str(path)]) == 0
+TINY_BENCH = ["total_steps=400", "num_steps=16", "update_epochs=1", "num_minibatches=1", "learning_starts=200",
+              "buffer_size=256", "batch_size=32", "hidden=[16]"]  # each applies to the configs that have it
+
+
+def test_bench_two_configs_table_json_and_plot(tmp_path, capsys):
+    path, png = tmp_path / "bench.json", tmp_path / "scaling.png"
+    assert main(["bench", "ppo_cartpole", "dqn_cartpole", *TINY_BENCH, "--seeds", "2", "--repeats", "1",
+                 "--json", str(path), "--plot", str(png)]) == 0
     out = capsys.readouterr().out
-    assert "env steps/s" in out
+    assert "jaxrl bench ppo_cartpole" in out and "jaxrl bench dqn_cartpole" in out and "env steps/s" in out
     data = json.loads(path.read_text())
-    assert [r["seeds"] for r in data["results"]] == [1, 2]
-    assert all(r["compile_seconds"] > 0 and r["env_steps_per_second"] > 0 for r in data["results"])
-    assert data["device"]["platform"] == "cpu" and data["versions"]["jax"]
+    assert [(e["config_name"], e["algo"]) for e in data["benchmarks"]] == [("ppo_cartpole", "ppo"), ("dqn_cartpole", "dqn")]
+    assert data["benchmarks"][0]["config"]["num_steps"] == 16 and data["benchmarks"][1]["config"]["learning_starts"] == 200
+    for entry in data["benchmarks"]:
+        (row,) = entry["results"]
+        assert row["seeds"] == 2 and row["compile_seconds"] > 0 and row["env_steps_per_second"] > 0
+    assert data["device"]["platform"] == "cpu" and data["versions"]["jax"] and data["date"]
+    assert png.stat().st_size > 10_000
+
+
+def test_bench_stops_cleanly_when_the_first_count_does_not_fit(tmp_path, capsys):
+    path, png = tmp_path / "bench.json", tmp_path / "scaling.png"
+    assert main(["bench", "ppo_cartpole", *TINY_BENCH[:4], "--seeds", "1:1024", "--memory-limit", "1e-9",
+                 "--json", str(path), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "stopped at 1 seed(s) (memory)" in out and "plot: skipped" in out and not png.exists()
+    data = json.loads(path.read_text())
+    assert data["results"] == [] and data["stopped"]["reason"] == "memory"  # one config: also at the top level
+    assert data["benchmarks"][0]["stopped"]["seeds"] == 1
+
+
+def test_eval_run_folder(tmp_path, capsys):
+    assert main(["train", "ppo_cartpole", "total_steps=2048", "--seeds", "2", "--out", str(tmp_path), "--quiet"]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--episodes", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "after 4 iterations" in out and "seed    0: return" in out and "seed    1: return" in out
+    both = json.loads((run_dir / "eval.json").read_text())
+    assert both["seeds"] == [0, 1] and both["deterministic"] and both["iteration"] == 4
+    assert [len(r) for r in both["returns"]] == [4, 4] and both["finished"] == [4, 4]
+    assert both["return_mean"][1] == sum(both["returns"][1]) / 4
+
+    assert main(["eval", str(run_dir), "--episodes", "4", "--seeds", "1"]) == 0
+    one = json.loads((run_dir / "eval.json").read_text())
+    assert one["seeds"] == [1] and one["returns"] == both["returns"][1:]  # same episodes for a seed
+
+    assert main(["eval", str(run_dir), "--episodes", "4", "--stochastic", "--env-kwargs", "max_steps_in_episode=5"]) == 0
+    short = json.loads((run_dir / "eval.json").read_text())
+    assert not short["deterministic"] and short["env_kwargs"] == {"max_steps_in_episode": 5}
+    assert all(length <= 5 for length in short["length_mean"])
+
+    capsys.readouterr()
+    for bad, message in [([str(tmp_path / "missing")], "not a folder"), ([str(tmp_path)], "no checkpoint"),
+                         ([str(run_dir), "--seeds", "7"], "not in this run"),
+                         ([str(run_dir), "--step", "3"], "saved: 4"), ([str(run_dir), "--step", "x"], "--step"),
+                         ([str(run_dir), "--episodes", "0"], "--episodes"),
+                         ([str(run_dir), "--env-kwargs", "no_such=1"], "eval env")]:
+        assert main(["eval", *bad]) == 2, bad
+        assert message in capsys.readouterr().err, bad
 
 
 def test_errors_exit_2(capsys):
     assert main(["train", "ppo_cartpole", "--seeds", "0"]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
-    assert main(["bench", "ppo_cartpole", "--seeds", "1,x"]) == 2
+    for bad in (["--seeds", "1,x"], ["--seeds", "8:1"], ["--repeats", "0"], ["--memory-limit", "0"], ["learning_starts=1"],
+                ["no_such_key=1"]):
+        assert main(["bench", "ppo_cartpole", *bad]) == 2, bad
+    assert main(["bench", "total_steps=1000"]) == 2
+    assert "at least one config" in capsys.readouterr().err
 
 
 def test_list(capsys):
@@ -55,6 +109,8 @@ def test_train_with_extra_loggers(tmp_path, capsys):
     (run_dir,) = tmp_path.iterdir()
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4 * 2  # header + (seed, mean) rows
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert main(["eval", str(run_dir)]) == 2  # trained without checkpoints
+    assert "no checkpoint" in capsys.readouterr().err
     assert main(["train", "ppo_cartpole", "total_steps=2048", "--out", str(tmp_path), "--log", "bogus"]) == 2
 
 
