@@ -139,12 +139,15 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
     count is about to run). The first count whose compiled program needs more, or whose compile
     or run fails with RESOURCE_EXHAUSTED, is not run and ends the curve: ``stopped`` is then
     ``{"seeds", "reason": "memory" | "resource_exhausted", "message", ...}``, else None.
-    ``on_result(row)`` is called after each measured count (for progress output).
+    ``on_result(row)`` is called after each measured count (for progress output). A row's
+    ``compile_cached`` is True when the program came from JAX's persistent compilation cache
+    (then ``compile_seconds`` timed loading it, not compiling).
     Returns one config's entry (see the module docstring) with :func:`metadata` merged in.
     """
     import jax
     import numpy as np
 
+    from jaxrl.compile_cache import cache_counts
     from jaxrl.loop import make_train, seed_keys
     from jaxrl.metrics import final_return
     from jaxrl.sweeps import _free_memory
@@ -167,9 +170,11 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
         else:
             fn, keys = jax.jit(jax.vmap(train)), seed_keys(config.seed, n)
         try:
+            lookups, hits = cache_counts()
             t0 = time.perf_counter()
             compiled = fn.lower(keys).compile()
             compile_seconds = time.perf_counter() - t0
+            cached = cache_counts()[1] > hits  # loaded from the persistent compilation cache
             needed = program_bytes(compiled)
             available = memory_limit if memory_limit is not None else _free_memory(device)
             if needed is not None and needed > available:
@@ -194,6 +199,7 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
         row = {
             "seeds": n,
             "compile_seconds": round(compile_seconds, 3),
+            "compile_cached": cached,
             "run_seconds": round(run_seconds, 6),
             "all_run_seconds": [round(t, 6) for t in times],
             "env_steps_per_second": round(n * steps_per_seed / run_seconds, 1),

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         "(the fastest of --repeats runs after compiling is reported). Before a count runs, its compiled "
         "program's memory analysis is checked against the device's free memory (host RAM on CPU); the "
         "first count that does not fit (or that XLA refuses with RESOURCE_EXHAUSTED) ends that config's "
-        "curve, and the JSON says why. Several configs give one curve each. Prints a table and writes "
+        "curve, and the JSON says why. A program loaded from the persistent compilation cache is marked *. "
+        "Several configs give one curve each. Prints a table and writes "
         "JSON with device and version information; --plot draws the curves.",
         epilog=EPILOG + "\nWith several configs, an override applies to each config that has the key. Examples:\n"
         "  jaxrl bench ppo_cartpole --seeds 1,8,64\n"
@@ -430,12 +431,15 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"jaxrl bench {name}: {config.algo} on {config.env}, "
                   f"{config.num_iterations * config.steps_per_iteration:,} env steps per seed\n{header}")
         final = r["final_return_mean"]
-        print(f"{r['seeds']:>6} {r['compile_seconds']:>10.2f} {r['run_seconds']:>8.2f} "
+        compile_s = f"{r['compile_seconds']:.2f}" + ("*" if r["compile_cached"] else "")
+        print(f"{r['seeds']:>6} {compile_s:>10} {r['run_seconds']:>8.2f} "
               f"{r['env_steps_per_second']:>14,.0f} {'nan' if final is None else f'{final:.2f}':>13}", flush=True)
 
     print(f"seed counts: {','.join(map(str, counts))}", flush=True)
     limit = None if args.memory_limit is None else int(args.memory_limit * GIB)
     report = benchmark_all(configs, counts, args.repeats, memory_limit=limit, on_result=on_result)
+    if any(r["compile_cached"] for e in report["benchmarks"] for r in e["results"]):
+        print("* loaded from the persistent compilation cache (--no-compile-cache times compiling)")
     for entry in report["benchmarks"]:
         if entry["stopped"]:
             stop = entry["stopped"]

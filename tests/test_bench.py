@@ -67,6 +67,7 @@ def test_scaling_report(report):
         assert [r["seeds"] for r in entry["results"]] == [1, 2]
         for row in entry["results"]:
             assert row["compile_seconds"] > 0 and len(row["all_run_seconds"]) == 2
+            assert isinstance(row["compile_cached"], bool)
             assert row["run_seconds"] == min(row["all_run_seconds"])
             assert row["env_steps_per_second"] == pytest.approx(
                 row["seeds"] * entry["env_steps_per_seed"] / row["run_seconds"], rel=1e-3)
