@@ -2,8 +2,8 @@
 
 An algorithm module supplies ``Config``, ``init(ctx, key)``, ``act(ctx, agent, obs, key)`` and
 ``learn(ctx, agent, traj, key)`` (plus an optional ``check(config, spec)``); everything else —
-stepping vmapped environments, episode statistics, observation normalisation, reward scaling,
-metrics and iteration — lives here, once.
+the rollout (:mod:`jaxrl.rollout`), episode statistics, observation normalisation, reward
+scaling, metrics and iteration — lives here, once.
 
 One iteration = a rollout of ``num_steps`` steps in each of ``num_envs`` envs (``lax.scan``),
 then ``learn`` on that time-major batch. ``train`` scans iterations; the same iteration body
@@ -24,6 +24,7 @@ from flax import struct
 from jaxrl import envs
 from jaxrl.config import Config, ConfigError, RoundingWarning, algo_module
 from jaxrl.normalize import RewardScaler, RunningStats
+from jaxrl.rollout import Transition, make_rollout
 
 Metrics = dict[str, jax.Array]
 
@@ -72,19 +73,6 @@ class Context(NamedTuple):
         if self.config.anneal_lr:
             return self.hp["lr"] * (1.0 - self.progress)
         return self.hp["lr"]
-
-
-class Transition(struct.PyTreeNode):
-    """A time-major rollout ``(T, N, ...)``; ``next_obs`` is the true next observation (the
-    final one at episode ends, before the auto-reset), for bootstrapping at truncations."""
-
-    obs: jax.Array
-    action: jax.Array
-    reward: jax.Array
-    terminated: jax.Array
-    truncated: jax.Array
-    next_obs: jax.Array
-    extras: dict[str, jax.Array]  # whatever ``act`` returned (log-probs, values, ...)
 
 
 class TrainState(struct.PyTreeNode):
@@ -136,7 +124,7 @@ def make_train(config: Config) -> types.FunctionType:
     if hasattr(algo, "check"):
         algo.check(config, spec)
     n_envs, n_steps, n_iters = config.num_envs, config.num_steps, config.num_iterations
-    step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    rollout = make_rollout(env, env_params, n_envs, n_steps)
     evaluate = None
     if config.eval_every:
         from jaxrl.evaluate import make_evaluate
@@ -165,18 +153,10 @@ def make_train(config: Config) -> types.FunctionType:
         key, k_roll, k_learn, k_eval = jax.random.split(state.key, 4)
         normalize = state.obs_stats.normalize if config.normalize_obs else (lambda x: x)
 
-        def env_step(carry, step_key):
-            env_state, obs = carry
-            k_act, k_env = jax.random.split(step_key)
-            action, extras = algo.act(ctx, state.agent, normalize(obs), k_act)
-            next_obs, env_state, reward, term, trunc, info = step_envs(
-                jax.random.split(k_env, n_envs), env_state, action, env_params)
-            transition = Transition(obs, action, reward, term, trunc, info["final_obs"], extras)
-            episode = (info["episode_done"], info["episode_return"], info["episode_length"])
-            return (env_state, next_obs), (transition, episode)
+        def act(obs: jax.Array, k: jax.Array) -> tuple[jax.Array, dict]:
+            return algo.act(ctx, state.agent, normalize(obs), k)
 
-        (env_state, obs), (traj, (ep_done, ep_return, ep_length)) = jax.lax.scan(
-            env_step, (state.env_state, state.obs), jax.random.split(k_roll, n_steps))
+        (env_state, obs), traj, episodes = rollout(state.env_state, state.obs, act, k_roll)
 
         obs_stats, scaler = state.obs_stats, state.reward_scaler
         if config.normalize_obs:  # learn on exactly what the policy saw (the old statistics)
@@ -187,14 +167,14 @@ def make_train(config: Config) -> types.FunctionType:
             traj = traj.replace(reward=scaled)
 
         agent, metrics = algo.learn(ctx, state.agent, traj, k_learn)
-        finished = ep_done.sum()
+        finished = episodes.done.sum()
         mean_of_finished = lambda x: jnp.where(  # noqa: E731
-            finished > 0, (x * ep_done).sum() / jnp.maximum(finished, 1), jnp.nan)
+            finished > 0, (x * episodes.done).sum() / jnp.maximum(finished, 1), jnp.nan)
         metrics = {
             "env_steps": ctx.env_steps + config.steps_per_iteration,
             "episodes": finished.astype(jnp.float32),
-            "episode_return": mean_of_finished(ep_return),
-            "episode_length": mean_of_finished(ep_length.astype(jnp.float32)),
+            "episode_return": mean_of_finished(episodes.returns),
+            "episode_length": mean_of_finished(episodes.lengths.astype(jnp.float32)),
             **metrics,
         }
         new_state = TrainState(agent, env_state, obs, obs_stats, scaler, key, state.iteration + 1)
