@@ -3,9 +3,13 @@ compiled programs from disk instead of compiling them again (tracing and lowerin
 
 ``jaxrl train``, ``sweep`` and ``bench`` call :func:`enable_compilation_cache` before anything
 compiles. The cache lives in ``$JAXRL_CACHE_DIR``, or ``$XDG_CACHE_HOME/jaxrl/jax`` (default
-``~/.cache/jaxrl/jax``); ``JAXRL_NO_COMPILE_CACHE=1`` or ``--no-compile-cache`` turn it off. A
-cache directory configured through JAX itself (``JAX_COMPILATION_CACHE_DIR`` or
-``jax.config.update("jax_compilation_cache_dir", ...)``) is used as it is, thresholds included.
+``~/.cache/jaxrl/jax``), in a subfolder per CPU type: XLA compiles CPU code for the host's
+instruction set and JAX's cache key does not include it, so a cache shared between machines
+(a home folder on a network drive) could otherwise hand one CPU code for another.
+``JAXRL_NO_COMPILE_CACHE=1`` or ``--no-compile-cache`` turn it off. A cache directory configured
+through JAX itself (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config.update(
+"jax_compilation_cache_dir", ...)``) is used as it is, thresholds included. On CPU, turning the
+cache on also hides XLA's C++ log below FATAL (see :func:`_quiet_cpu_cache_log`).
 
 This module does not import jax: before jax is imported it sets JAX's environment variables
 (read when jax is imported), afterwards it updates ``jax.config``.
@@ -13,7 +17,12 @@ This module does not import jax: before jax is imported it sets JAX's environmen
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -26,6 +35,15 @@ _THRESHOLDS = {"jax_persistent_cache_min_compile_time_secs": 0.0,
 
 _events = {"lookups": 0, "hits": 0}
 _listening = False
+
+
+def cpu_tag() -> str:
+    """A short name of this host's CPU type: architecture + hash of the model name and flags."""
+    text = platform.processor()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        text = "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features"))}))
+    return f"{platform.machine() or 'cpu'}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def default_cache_dir() -> Path:
@@ -48,16 +66,18 @@ def _users_cache_dir() -> str | None:
 def enable_compilation_cache(directory: str | Path | None = None, enabled: bool = True) -> str | None:
     """Turn on JAX's persistent compilation cache; returns the cache dir in use (None: off).
 
-    ``directory`` defaults to :func:`default_cache_dir`. Nothing changes when ``enabled`` is
-    False or ``JAXRL_NO_COMPILE_CACHE`` is set to anything but ``""``/``0``, and a cache dir
-    the user already gave JAX is kept (and returned).
+    The programs go to ``directory/<cpu_tag()>``; ``directory`` defaults to
+    :func:`default_cache_dir`. Nothing changes when ``enabled`` is False or
+    ``JAXRL_NO_COMPILE_CACHE`` is set to anything but ``""``/``0``, and a cache dir the user
+    already gave JAX is kept (and returned).
     """
     if not enabled or os.environ.get(ENV_OFF, "") not in ("", "0"):
         return None
     users = _users_cache_dir()
     if users:
         return users
-    path = str(Path(directory).expanduser() if directory is not None else default_cache_dir())
+    root = Path(directory).expanduser() if directory is not None else default_cache_dir()
+    path = str(root / cpu_tag())
     settings = {"jax_compilation_cache_dir": path, **_THRESHOLDS}
     # Thresholds the user set in the environment win.
     settings = {k: v for k, v in settings.items() if k.upper() not in os.environ}
@@ -68,6 +88,7 @@ def enable_compilation_cache(directory: str | Path | None = None, enabled: bool 
             jax.config.update(name, value)
     else:  # read by jax when it is imported
         os.environ.update({name.upper(): str(value) for name, value in settings.items()})
+    _quiet_cpu_cache_log()
     return path
 
 
@@ -90,3 +111,42 @@ def cache_counts() -> tuple[int, int]:
         jax.monitoring.register_event_listener(count)
         _listening = True
     return _events["lookups"], _events["hits"]
+
+
+def _cpu_only() -> bool:
+    """Whether JAX can only run on the CPU here: no platform but ``cpu`` asked for, or no
+    accelerator plugin installed (decided without starting a JAX backend)."""
+    asked = os.environ.get("JAX_PLATFORMS", "")
+    if "jax" in sys.modules:
+        import jax
+
+        asked = jax.config.jax_platforms or ""
+    if asked:
+        return {p.strip() for p in asked.split(",") if p.strip()} == {"cpu"}
+    return (importlib.util.find_spec("jax_plugins") is None and importlib.util.find_spec("libtpu") is None
+            and not any(True for _ in importlib.metadata.entry_points(group="jax_plugins")))
+
+
+def _quiet_cpu_cache_log() -> None:
+    """Show only FATAL lines of XLA's C++ log on CPU, unless the user chose a log level.
+
+    jaxlib 0.9-0.10 log an ERROR (and a WARNING) for every XLA:CPU program loaded from the
+    persistent cache, eager ops included, claiming the LLVM tuning flags +prefer-no-gather/
+    +prefer-no-scatter are missing host features (openxla/xla#44565), although the program was
+    compiled on this very machine (the cache is per CPU type) and loads and runs fine. Errors
+    that matter still raise Python exceptions. ``TF_CPP_MIN_LOG_LEVEL=0`` brings the log back.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or not _cpu_only():
+        return
+    if "jax" not in sys.modules:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # read when jaxlib loads
+        return
+    import jax
+
+    if jax.config.jax_logging_level not in (None, "NOTSET"):
+        return
+    try:
+        from jax._src.lib.utils import absl_set_min_log_level
+    except ImportError:  # private API moved: keep the noise rather than fail
+        return
+    absl_set_min_log_level(3)

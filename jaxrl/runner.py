@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,20 +65,29 @@ class Run:
 Progress = Callable[[int, dict[str, np.ndarray], float], None]
 
 
+def _tqdm() -> Any:
+    """``tqdm.auto.tqdm`` in a notebook or on a terminal; None without tqdm or when stderr is
+    redirected (a log file reads better as plain lines than as carriage-return redraws)."""
+    try:
+        import tqdm.asyncio
+        import tqdm.auto
+    except ImportError:
+        return None
+    in_notebook = tqdm.auto.tqdm is not tqdm.asyncio.tqdm
+    return tqdm.auto.tqdm if in_notebook or sys.stderr.isatty() else None
+
+
 class ProgressBar:
-    """Progress between chunks: a ``tqdm.auto`` bar (notebook aware) when tqdm is installed,
-    otherwise one plain line per chunk on stdout; env steps/s and the mean return over seeds of
-    the latest finished episodes in both."""
+    """Progress between chunks: a ``tqdm.auto`` bar (notebook aware) when tqdm is installed and
+    there is a notebook or terminal to draw it in, otherwise one plain line per chunk on stdout;
+    env steps/s and the mean return over seeds of the latest finished episodes in both."""
 
     def __init__(self, total: int, done: int, num_seeds: int, steps_per_iteration: int,
                  desc: str = "train"):
         self.total, self.num_seeds, self.steps_per_iteration = total, num_seeds, steps_per_iteration
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            self.bar = None
-        else:
-            self.bar = tqdm(total=total, initial=done, desc=desc, unit="iter", dynamic_ncols=True)
+        tqdm = _tqdm()
+        self.bar = None if tqdm is None else tqdm(total=total, initial=done, desc=desc, unit="iter",
+                                                   dynamic_ncols=True)
 
     def update(self, done: int, metrics: dict[str, np.ndarray], run_seconds: float) -> None:
         steps = done * self.steps_per_iteration
