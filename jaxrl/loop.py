@@ -12,6 +12,7 @@ also runs in chunks (``train.run_chunk``) so a host driver can report progress b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import types
 import warnings
@@ -98,6 +99,22 @@ def nan_like(shapes: Any) -> Any:
     return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
 
 
+ENV_PREFIX = "env."  # hparams key prefix of a traced env param, e.g. "env.gravity"
+
+
+def env_param_values(params: Any) -> dict[str, jax.Array]:
+    """The numeric scalar fields of an env's params: the env params a sweep can vary."""
+    if not dataclasses.is_dataclass(params):
+        return {}
+    values = {}
+    for field in dataclasses.fields(params):
+        value = getattr(params, field.name)
+        numeric = isinstance(value, (int, float)) or (hasattr(value, "shape") and jnp.ndim(value) == 0)
+        if numeric and not jnp.issubdtype(jnp.asarray(value).dtype, jnp.bool_):
+            values[field.name] = jnp.asarray(value)
+    return values
+
+
 def make_env(config: Config) -> tuple[envs.Environment, Any]:
     """The training env (auto-reset, episode statistics) and its params, or a ConfigError."""
     try:
@@ -111,7 +128,8 @@ def make_train(config: Config) -> types.FunctionType:
     """Build ``train(key, hparams=None) -> TrainOutput`` for ``config``.
 
     ``hparams`` maps traced hyperparameter names to (possibly batched) values; missing names
-    take the config's values. The returned function also carries ``init(key, hparams)``,
+    take the config's values. Keys ``env.<name>`` replace numeric fields of the env params
+    (e.g. ``env.gravity``), so environment variations can be vmapped and swept too. The returned function also carries ``init(key, hparams)``,
     ``run_chunk(state, hparams, start, length)`` and ``num_iterations`` for chunked drivers.
     """
     config.validate()
@@ -124,26 +142,38 @@ def make_train(config: Config) -> types.FunctionType:
     if hasattr(algo, "check"):
         algo.check(config, spec)
     n_envs, n_steps, n_iters = config.num_envs, config.num_steps, config.num_iterations
-    rollout = make_rollout(env, env_params, n_envs, n_steps)
+    rollout = make_rollout(env, n_envs, n_steps)
     evaluate = None
     if config.eval_every:
         from jaxrl.evaluate import make_evaluate
 
         evaluate = make_evaluate(config, algo, lambda hp, i: Context(config, spec, hp, i))
 
+    env_defaults = env_param_values(env_params)
+
     def hparams_of(hparams: dict | None) -> dict[str, jax.Array]:
         names = config.traced_names()
-        extra = set(hparams or {}) - set(names)
-        if extra:
-            raise ConfigError(f"unknown traced hyperparameter(s) {sorted(extra)}; traced: {list(names)}")
+        hparams = dict(hparams or {})
+        unknown = set(hparams) - set(names) - {ENV_PREFIX + k for k in env_defaults}
+        if unknown:
+            raise ConfigError(
+                f"unknown traced hyperparameter(s) {sorted(unknown)}; traced: {list(names)}; env params "
+                f"(as {ENV_PREFIX}<name>): {sorted(env_defaults)}")
         hp = config.hparams()
-        hp.update({k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()})
+        for k, v in hparams.items():
+            dtype = env_defaults[k[len(ENV_PREFIX):]].dtype if k.startswith(ENV_PREFIX) else jnp.float32
+            hp[k] = jnp.asarray(v, dtype)
         return hp
+
+    def params_of(hp: dict[str, jax.Array]) -> Any:
+        """The env params with the swept ``env.<name>`` values of ``hp`` put in."""
+        swept = {k[len(ENV_PREFIX):]: v for k, v in hp.items() if k.startswith(ENV_PREFIX)}
+        return env_params.replace(**swept) if swept else env_params
 
     def init(key: jax.Array, hparams: dict | None = None) -> TrainState:
         hp = hparams_of(hparams)
         key, k_env, k_agent = jax.random.split(key, 3)
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, n_envs), env_params)
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, n_envs), params_of(hp))
         agent = algo.init(Context(config, spec, hp, jnp.int32(0)), k_agent)
         return TrainState(agent, env_state, obs, RunningStats.create(spec.obs_shape),
                           RewardScaler.create(n_envs), key, jnp.int32(0))
@@ -156,7 +186,7 @@ def make_train(config: Config) -> types.FunctionType:
         def act(obs: jax.Array, k: jax.Array) -> tuple[jax.Array, dict]:
             return algo.act(ctx, state.agent, normalize(obs), k)
 
-        (env_state, obs), traj, episodes = rollout(state.env_state, state.obs, act, k_roll)
+        (env_state, obs), traj, episodes = rollout(state.env_state, state.obs, act, k_roll, params_of(hp))
 
         obs_stats, scaler = state.obs_stats, state.reward_scaler
         if config.normalize_obs:  # learn on exactly what the policy saw (the old statistics)

@@ -41,15 +41,15 @@ class Episodes(struct.PyTreeNode):
 Act = Callable[[jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def make_rollout(env: envs.Environment, env_params: Any, num_envs: int, num_steps: int) -> Callable[..., Any]:
-    """Build ``rollout(env_state, obs, act, key) -> ((env_state, obs), Transition, Episodes)``.
+def make_rollout(env: envs.Environment, num_envs: int, num_steps: int) -> Callable[..., Any]:
+    """Build ``rollout(env_state, obs, act, key, env_params) -> ((env_state, obs), Transition, Episodes)``.
 
     ``env`` is wrapped for training (auto-reset keeping ``info["final_obs"]``, episode
     statistics); ``act(obs, key) -> (action, extras)`` acts on a ``(num_envs, ...)`` batch.
     """
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-    def rollout(env_state: Any, obs: jax.Array, act: Act, key: jax.Array):
+    def rollout(env_state: Any, obs: jax.Array, act: Act, key: jax.Array, env_params: Any):
         def step(carry, keys):
             env_state, obs = carry
             action, extras = act(obs, keys[0])

@@ -6,8 +6,9 @@ them all at once and the batch axis is sharded over every available device with 
 is padded by repeating its last entry, and the padding is dropped from the results. A sweep
 larger than memory runs as consecutive batches of the same compiled program.
 
-Only traced hyperparameters can share a program. Static keys (shapes, switches) are refused,
-unless ``separate=True`` asks for one program per static combination.
+Only traced hyperparameters, and numeric env params named ``env.<name>`` (e.g. ``env.gravity``),
+can share a program. Static keys (shapes, switches) are refused, unless ``separate=True`` asks
+for one program per static combination.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrl.config import Config, ConfigError, suggest
-from jaxrl.loop import make_train, seed_keys
+from jaxrl.loop import ENV_PREFIX, env_param_values, make_env, make_train, seed_keys
 from jaxrl.metrics import final_return
 
 
@@ -150,10 +151,20 @@ def sweep(
     settings = expand(grid, samples)
     traced = set(config.traced_names())
     fields = {f.name for f in dataclasses.fields(config)}
+    env_keys = [k for k in settings[0] if k.startswith(ENV_PREFIX)]
+    env_values = env_param_values(make_env(config)[1]) if env_keys else {}
     for key in settings[0]:
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX):]
+            if name not in env_values:
+                raise ConfigError(f"unknown env param {key!r} for {config.env}" + suggest(name, sorted(env_values))
+                                  + f"; numeric env params: {', '.join(sorted(env_values)) or 'none'}")
+            traced.add(key)
+            continue
         if key not in fields:
             raise ConfigError(f"unknown sweep key {key!r}" + suggest(key, sorted(fields))
-                              + f"; traced hyperparameters: {', '.join(sorted(traced))}")
+                              + f"; traced hyperparameters: {', '.join(sorted(traced))}"
+                              + f"; env params are swept as {ENV_PREFIX}<name>")
         if key not in traced and not separate:
             raise ConfigError(
                 f"{key!r} is a static field (it changes the compiled program's shapes or structure), "
@@ -163,7 +174,10 @@ def sweep(
         for key, value in setting.items():
             if key in traced and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise ConfigError(f"sweep value {key}={value!r} is not a number")
-        config.replace(**setting)
+            if key in env_keys and jnp.issubdtype(env_values[key[len(ENV_PREFIX):]].dtype, jnp.integer) \
+                    and value != int(value):
+                raise ConfigError(f"env param {key} is an integer, got {value!r}")
+        config.replace(**{k: v for k, v in setting.items() if k not in env_keys})
 
     static_keys = [k for k in settings[0] if k not in traced]
     groups: dict[tuple, list[int]] = {}
@@ -175,7 +189,7 @@ def sweep(
     compile_s = run_s = 0.0
     for rows in groups.values():
         group_config = config.replace(**{k: settings[rows[0]][k] for k in static_keys})
-        hp = {k: np.array([settings[r][k] for r in rows], np.float32) for k in settings[0] if k in traced}
+        hp = {k: np.array([settings[r][k] for r in rows], _dtype(k, env_values)) for k in settings[0] if k in traced}
         out, c, r = _run(group_config, hp, len(rows), seeds, batch_size, devices)
         compile_s, run_s = compile_s + c, run_s + r
         for n, row in enumerate(rows):
@@ -189,6 +203,11 @@ def sweep(
     stacked_state = jax.tree.map(lambda *xs: np.stack(xs), *states) if same_shapes else states
     return SweepResult(config, settings, list(range(config.seed, config.seed + seeds)),
                        jax.tree.map(lambda *xs: np.stack(xs), *metrics), stacked_state, compile_s, run_s)
+
+
+def _dtype(key: str, env_values: dict[str, jax.Array]) -> np.dtype:
+    """float32 for hyperparameters; an env param keeps its own dtype (e.g. int32 step limits)."""
+    return np.dtype(env_values[key[len(ENV_PREFIX):]].dtype) if key.startswith(ENV_PREFIX) else np.dtype(np.float32)
 
 
 def _host_friendly(x: jax.Array) -> jax.Array:

@@ -69,6 +69,9 @@ def test_labelled_access(result):
     ({"samples": [{"lr": 1e-3}, {"gamma": 0.9}]}, "same keys"),
     ({"grid": {"lr": [1e-3]}, "samples": [{"lr": 1e-3}]}, "either grid or samples"),
     ({"seeds": 0}, "seeds must be a positive integer"),
+    ({"grid": {"env.gravty": [9.8]}}, "unknown env param 'env.gravty'.*did you mean 'gravity'"),
+    ({"grid": {"env.max_steps_in_episode": [100.5]}}, "is an integer"),
+    ({"grid": {"env.gravity": ["high"]}}, "not a number"),
 ])
 def test_bad_sweeps_fail_before_compiling(config, kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -111,3 +114,24 @@ def test_auto_batch_size_from_memory_analysis(config, result):
     np.testing.assert_allclose(auto.metrics["loss"], result.metrics["loss"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="batch_size"):
         sweep(config, batch_size=0)
+
+
+def test_env_param_sweep_equals_static_env_kwargs(config):
+    """``env.<name>`` keys vary env params inside one program: each row equals a run whose env
+    was built with that value (``env_kwargs``), and the variation really reaches the env."""
+    grid = {"env.gravity": [9.8, 30.0], "env.max_steps_in_episode": [20, 500]}
+    result = sweep(config, seeds=1, grid=grid)
+    for i, setting in enumerate(result.settings):
+        kwargs = {k.removeprefix("env."): v for k, v in setting.items()}
+        alone = jax.device_get(jax.jit(jaxrl.make_train(config.replace(env_kwargs=kwargs)))(jax.random.key(0)))
+        for name in ("episode_return", "episode_length", "loss"):
+            np.testing.assert_allclose(result.metrics[name][i, 0], alone.metrics[name], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{setting} {name}")
+    lengths = result.sel(**{"env.max_steps_in_episode": 20}).metrics["episode_length"]
+    assert np.nanmax(lengths) <= 20  # the traced time limit is in force
+
+
+def test_env_params_through_train_hparams(config):
+    train = jaxrl.make_train(config)
+    with pytest.raises(ConfigError, match="env params .*gravity"):
+        train(jax.random.key(0), {"env.gravityy": 1.0})
