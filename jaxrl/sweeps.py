@@ -4,7 +4,9 @@ Every (setting, seed) pair becomes one entry of a flat batch axis; ``jax.vmap(tr
 them all at once and the batch axis is sharded over every available device with a ``Mesh`` and
 ``NamedSharding``. A batch that does not divide the device count (or the chosen ``batch_size``)
 is padded by repeating its last entry, and the padding is dropped from the results. A sweep
-larger than memory runs as consecutive batches of the same compiled program.
+larger than memory runs as consecutive batches of the same compiled program. On several hosts
+(after ``jax.distributed.initialize()``) the same code runs on every host: each feeds only its
+own devices' shards, and the results are all-gathered so every host returns the whole sweep.
 
 Only traced hyperparameters, and numeric env params named ``env.<name>`` (e.g. ``env.gravity``),
 can share a program. Static keys (shapes, switches) are refused, unless ``separate=True`` asks
@@ -210,6 +212,21 @@ def _dtype(key: str, env_values: dict[str, jax.Array]) -> np.dtype:
     return np.dtype(env_values[key[len(ENV_PREFIX):]].dtype) if key.startswith(ENV_PREFIX) else np.dtype(np.float32)
 
 
+def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array every process holds whole: each process puts only its
+    own devices' shards (``device_put`` of the full array would need every device local)."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _gather(tree: Any) -> Any:
+    """The whole (batch-sharded) output on every host as NumPy; across hosts via all-gather."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def _host_friendly(x: jax.Array) -> jax.Array:
     """Typed PRNG keys become their raw uint32 data, which NumPy can hold."""
     return jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
@@ -256,14 +273,14 @@ def _run(config: Config, hp: dict[str, np.ndarray], n_settings: int, seeds: int,
     compiled, compile_s, run_s, outputs = None, 0.0, 0.0, []
     for start in range(0, total, per_batch):
         idx = np.minimum(np.arange(start, start + per_batch), total - 1)  # pad with the last run
-        args = (jax.device_put(keys[idx], sharding),
-                {k: jax.device_put(v[idx], sharding) for k, v in flat_hp.items()})
+        args = (_global_array(np.asarray(keys[idx]), sharding),
+                {k: _global_array(v[idx], sharding) for k, v in flat_hp.items()})
         if compiled is None:
             t0 = time.perf_counter()
             compiled = program.lower(*args).compile()
             compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = jax.device_get(compiled(*args))
+        out = _gather(compiled(*args))
         run_s += time.perf_counter() - t0
         valid = min(per_batch, total - start)
         outputs.append(jax.tree.map(lambda x: x[:valid], out))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -107,6 +108,37 @@ def test_sharded_over_8_devices_equals_unsharded():
     proc = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OK (3, 2," in proc.stdout
+
+
+MULTIHOST = textwrap.dedent("""
+    import sys, jax, numpy as np
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+    import jaxrl
+    from jaxrl.sweeps import sweep
+    assert jax.process_count() == 2 and len(jax.devices()) == 4 and len(jax.local_devices()) == 2
+    result = sweep(jaxrl.load_config("ppo_cartpole", total_steps=1024), seeds=3, grid={"lr": [1e-4, 1e-3]})
+    np.savez(sys.argv[3], **result.metrics)                          # 6 runs padded to 8 over 2 hosts
+""")
+
+
+def test_two_hosts_equal_one(tmp_path):
+    """Two processes (2 CPU devices each) joined by jax.distributed: every host gets the whole
+    sweep, equal to the same sweep in one process."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST, str(port), str(i), str(tmp_path / f"{i}.npz")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-2000:] for log in logs)
+    alone = sweep(jaxrl.load_config("ppo_cartpole", total_steps=1024), seeds=3, grid={"lr": [1e-4, 1e-3]})
+    for i in range(2):
+        hosts = np.load(tmp_path / f"{i}.npz")
+        for name, values in alone.metrics.items():
+            np.testing.assert_allclose(hosts[name], values, rtol=1e-5, atol=1e-6, err_msg=f"host {i} {name}")
 
 
 def test_auto_batch_size_from_memory_analysis(config, result):
