@@ -27,10 +27,12 @@ Saving in the background (``async_save=True``, what the runner uses): :meth:`Che
 copies the state to host memory (small: parameters, optimizer moments, env states) and hands it to
 one writer thread of our own, then returns, so training goes on while orbax writes. One save is in
 flight at a time (the next save first waits for the previous one); :meth:`Checkpointer.wait`
-joins it and re-raises its error on the calling thread. The writer is a daemon thread, so a
-process interrupted while a save is in flight exits instead of hanging: the save is then
-abandoned as a tmp directory (see Atomicity) and the previous checkpoint stays the newest.
-(Orbax's own async saving is not used: it hung at process exit after an exception.)
+joins it and re-raises its error on the calling thread. Leaving the Checkpointer's ``with``
+block on an error or Ctrl-C still finishes the save in flight (for at most
+``ABANDON_SAVE_SECONDS``). The writer is a daemon thread, so a save that is abandoned (a second
+Ctrl-C, a stuck disk, SIGKILL) never keeps the process from exiting: it is left as a tmp
+directory (see Atomicity) and the previous checkpoint stays the newest. (Orbax's own async
+saving is not used: it hung at process exit after an exception.)
 
 Restoring is always done against an abstract target (``jax.eval_shape`` of the vmapped
 ``train.init``), so the restored pytree has exactly the structure and dtypes of a live
@@ -57,6 +59,7 @@ from jaxrl import metrics as M
 
 CHECKPOINT_SUBDIR = "checkpoints"  # where ``jaxrl train`` keeps them inside a run folder
 NAN_SCORE = -1e30  # what a NaN score ranks as for "best"
+ABANDON_SAVE_SECONDS = 60.0  # after an error, how long to wait for a background save to finish
 
 logger = logging.getLogger(__name__)
 
@@ -250,10 +253,15 @@ class Checkpointer:
         metrics = {k: np.asarray(v) for k, v in out["history"].items()}
         return Restored(step, state, metrics, meta)
 
-    def wait(self) -> None:
-        """Block until a background save has finished; re-raise its error here if it failed."""
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until a background save has finished; re-raise its error here if it failed.
+
+        With ``timeout``: raise TimeoutError if the save is still running after that long.
+        """
         if self._writer is not None:
-            self._writer.join()
+            self._writer.join(timeout)
+            if self._writer.is_alive():
+                raise TimeoutError(f"a checkpoint save in {self.directory} is still running after {timeout} s")
             self._writer = None
         if self._error is not None:
             err, self._error = self._error, None
@@ -273,10 +281,16 @@ class Checkpointer:
         if exc_type is None:
             self.close()
             return
-        try:  # already failing: finish the save in flight, but do not hide the first error
-            self.close()
+        # Already failing (an error, Ctrl-C): finish the save in flight, but without hiding the
+        # first error and without hanging on a stuck disk.
+        try:
+            self.wait(timeout=ABANDON_SAVE_SECONDS)
+        except TimeoutError as err:  # the writer is a daemon thread: it will not block the exit
+            warnings.warn(f"{err}; abandoning it (the previous checkpoint stays the newest)", stacklevel=2)
+            return  # the manager is still in use by the writer: leave it open
         except Exception as err:  # noqa: BLE001
             warnings.warn(f"{err} (while handling {exc_type.__name__})", stacklevel=2)
+        self._manager.close()
 
 
 def abstract_state(config, num_seeds: int, hparams: dict | None = None) -> Any:

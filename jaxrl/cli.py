@@ -292,13 +292,19 @@ def _train(args: argparse.Namespace, config) -> int:
 
     print("compiling ...", flush=True)
     every = args.checkpoint_every
-    run = train_seeds(config, args.seeds, args.chunk_size, on_chunk=on_chunk,
-                      checkpoint_dir=None if every < 0 else run_dir / CHECKPOINT_SUBDIR,
-                      checkpoint_every=max(every, 0), keep=args.keep, resume=bool(args.resume),
-                      checkpoint_min_seconds=args.checkpoint_seconds, on_resume=on_resume,
-                      progress=not args.quiet)
-    for logger in loggers:
-        logger.close()
+    try:
+        run = train_seeds(config, args.seeds, args.chunk_size, on_chunk=on_chunk,
+                          checkpoint_dir=None if every < 0 else run_dir / CHECKPOINT_SUBDIR,
+                          checkpoint_every=max(every, 0), keep=args.keep, resume=bool(args.resume),
+                          checkpoint_min_seconds=args.checkpoint_seconds, on_resume=on_resume,
+                          progress=not args.quiet)
+    except KeyboardInterrupt:  # the save in flight has been finished by train_seeds
+        print(f"\ninterrupted; continue with: jaxrl train --resume {run_dir}"
+              if every >= 0 else "\ninterrupted (no checkpoints: --checkpoint-every -1)", file=sys.stderr)
+        return 130
+    finally:
+        for logger in loggers:
+            logger.close()
     final = M.final_return(run.metrics)
     summary = {
         "config": name, "algo": config.algo, "env": config.env, "seeds": args.seeds,

@@ -140,3 +140,41 @@ def test_cli_resume_and_load_policy(tmp_path, capsys):
         np.testing.assert_array_equal(x, y)
     best_state, _ = load_policy(run_dir, step="best")
     assert jax.tree.structure(best_state) == jax.tree.structure(state)
+
+
+def _tiny_save(ckpt: Checkpointer, iterations: int = 1) -> int:
+    metrics = {"episode_return": np.ones((1, iterations), np.float32), "episodes": np.ones((1, iterations), np.float32)}
+    return ckpt.save({"w": np.arange(3, dtype=np.float32)}, metrics, config={}, num_seeds=1, chunk_size=1)
+
+
+def test_background_save_failure_is_raised_on_the_caller(tmp_path):
+    ckpt = Checkpointer(tmp_path, async_save=True)
+
+    def broken_disk(*args, **kwargs):
+        raise OSError("disk full")
+
+    ckpt._manager.save = broken_disk
+    assert _tiny_save(ckpt) == 1  # returns at once: the write fails in the writer thread
+    with pytest.raises(RuntimeError, match="disk full"):
+        ckpt.wait()
+    ckpt.wait()  # reported once
+    with pytest.raises(RuntimeError, match="disk full"):  # also when it is the last save
+        _tiny_save(ckpt, 2)
+        ckpt.close()
+
+
+def test_background_save_failure_does_not_hide_the_first_error(tmp_path):
+    ckpt = Checkpointer(tmp_path, async_save=True)
+    ckpt._manager.save = lambda *args, **kwargs: (_ for _ in ()).throw(OSError("disk full"))
+    with pytest.warns(UserWarning, match="disk full"), pytest.raises(Interrupted):
+        with ckpt:
+            _tiny_save(ckpt)
+            raise Interrupted
+
+
+def test_background_saves_are_written_in_order(tmp_path):
+    with Checkpointer(tmp_path, keep=3, async_save=True) as ckpt:
+        for i in range(1, 5):
+            _tiny_save(ckpt, i)
+        assert ckpt.steps() == [2, 3, 4]  # waits for the save in flight first
+    assert Checkpointer(tmp_path, read_only=True).meta()["iterations_done"] == 4
