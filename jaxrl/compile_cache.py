@@ -136,17 +136,20 @@ def _quiet_cpu_cache_log() -> None:
     compiled on this very machine (the cache is per CPU type) and loads and runs fine. Errors
     that matter still raise Python exceptions. ``TF_CPP_MIN_LOG_LEVEL=0`` brings the log back.
     """
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or not _cpu_only():
+    # `import jax` itself sets TF_CPP_MIN_LOG_LEVEL=1 when unset: that value is no user's choice.
+    jax_default = "1" if "jax" in sys.modules else None
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", jax_default) != jax_default or not _cpu_only():
         return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # read when jaxlib loads
     if "jax" not in sys.modules:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # read when jaxlib loads
         return
     import jax
 
     if jax.config.jax_logging_level not in (None, "NOTSET"):
         return
     try:
-        from jax._src.lib.utils import absl_set_min_log_level
+        from jax._src.lib import utils
     except ImportError:  # private API moved: keep the noise rather than fail
         return
-    absl_set_min_log_level(3)
+    if hasattr(utils, "absl_set_min_log_level"):
+        utils.absl_set_min_log_level(3)
