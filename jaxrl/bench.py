@@ -170,7 +170,7 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
         else:
             fn, keys = jax.jit(jax.vmap(train)), seed_keys(config.seed, n)
         try:
-            lookups, hits = cache_counts()
+            hits = cache_counts()[1]
             t0 = time.perf_counter()
             compiled = fn.lower(keys).compile()
             compile_seconds = time.perf_counter() - t0
@@ -180,10 +180,12 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
             if needed is not None and needed > available:
                 limit = "the memory limit" if memory_limit is not None else f"free on {device.device_kind}"
                 stopped = {"seeds": n, "reason": "memory", "memory_bytes": needed, "available_bytes": int(available),
+                           "compile_seconds": round(compile_seconds, 3),
                            "message": f"needs {needed / GIB:.3g} GiB, {available / GIB:.3g} GiB {limit}"}
                 break
             times = []
             for _ in range(repeats):
+                out = None  # the previous run's outputs go before the next run allocates its own
                 t0 = time.perf_counter()
                 out = jax.block_until_ready(compiled(keys))
                 times.append(time.perf_counter() - t0)

@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("config", metavar="NAME_OR_PATH")
     w.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (before --grid)")
     w.add_argument("--grid", nargs="+", required=True, metavar="key=v1,v2",
-                   help="values to sweep per key; traced hyperparameters share one program")
+                   help="values to sweep per key; traced hyperparameters and env params "
+                   "(env.<name>, e.g. env.gravity=9.8,20) share one program")
     w.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per setting (default 1)")
     w.add_argument("--separate", action="store_true",
                    help="allow static keys (e.g. num_envs), compiling one program per value")
@@ -428,11 +429,12 @@ def _bench(args: argparse.Namespace) -> int:
     from jaxrl.bench import benchmark_all, save_plot
 
     header = f"{'seeds':>6} {'compile s':>10} {'run s':>8} {'env steps/s':>14} {'final return':>13}"
-    current = [None]
+    current = None  # the config whose table is being printed
 
     def on_result(name: str, r: dict) -> None:
-        if current[0] != name:
-            current[0] = name
+        nonlocal current
+        if current != name:
+            current = name
             config = configs[name]
             print(f"jaxrl bench {name}: {config.algo} on {config.env}, "
                   f"{config.num_iterations * config.steps_per_iteration:,} env steps per seed\n{header}")
