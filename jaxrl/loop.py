@@ -1,18 +1,24 @@
 """The one training loop: ``make_train(config)`` builds a pure ``train(key, hparams)``.
 
 An algorithm module supplies ``Config``, ``init(ctx, key)``, ``act(ctx, agent, obs, key)`` and
-``learn(ctx, agent, traj, key)`` (plus an optional ``check(config, spec)``); everything else —
+``learn(ctx, agent, traj, key)`` (plus an optional ``check(config, spec, devices)``); everything else —
 the rollout (:mod:`jaxrl.rollout`), episode statistics, observation normalisation, reward
 scaling, metrics and iteration — lives here, once.
 
 One iteration = a rollout of ``num_steps`` steps in each of ``num_envs`` envs (``lax.scan``),
 then ``learn`` on that time-major batch. ``train`` scans iterations; the same iteration body
 also runs in chunks (``train.run_chunk``) so a host driver can report progress between them.
+
+Data parallel (``make_train(config, data_parallel=D)``, see :mod:`jaxrl.parallel`): the same
+iteration body runs under ``jax.shard_map`` on each device's ``num_envs / D`` envs, with
+``Context.axis`` naming the mesh axis; the config keeps the run's global sizes, so env-step
+counts and schedules count every device's steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import warnings
@@ -21,8 +27,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.sharding import Mesh, PartitionSpec
 
-from jaxrl import envs
+from jaxrl import envs, parallel
 from jaxrl.config import Config, ConfigError, RoundingWarning, algo_module
 from jaxrl.normalize import RewardScaler, RunningStats
 from jaxrl.rollout import Transition, make_rollout
@@ -52,12 +59,32 @@ class Context(NamedTuple):
 
     ``iteration`` comes from the scan over iterations, not from the (possibly vmapped) train
     state, so it is unbatched across seeds: conditionals on it stay real branches.
+
+    ``axis`` names the mesh axis of a data-parallel run (None otherwise): the data an algorithm
+    sees (rollout, minibatches, its replay buffer) is then this device's share, and
+    :func:`jaxrl.optim.gradient_step` with ``axis=ctx.axis`` averages gradients over devices.
     """
 
     config: Config
     spec: Spec
     hp: dict[str, jax.Array]  # traced hyperparameters
     iteration: jax.Array  # int32 index of the current iteration
+    axis: str | None = None
+
+    @property
+    def devices(self) -> int:
+        """Devices the run is split over (1 unless data parallel): local shares of the
+        configured sizes (a minibatch, a replay buffer) are ``1 / devices`` of them."""
+        return 1 if self.axis is None else jax.lax.axis_size(self.axis)
+
+    def sum(self, tree: Any) -> Any:
+        """Sums of each array of ``tree`` over every device's data."""
+        sums = jax.tree.map(jnp.sum, tree)
+        return sums if self.axis is None else jax.lax.psum(sums, self.axis)
+
+    def mean(self, x: jax.Array) -> jax.Array:
+        """Mean of ``x`` over every device's data (equal shares on every device)."""
+        return x.mean() if self.axis is None else jax.lax.pmean(x.mean(), self.axis)
 
     @property
     def progress(self) -> jax.Array:
@@ -124,13 +151,19 @@ def make_env(config: Config) -> tuple[envs.Environment, Any]:
     return envs.wrap_for_training(env), params
 
 
-def make_train(config: Config) -> types.FunctionType:
+def make_train(config: Config, data_parallel: parallel.DataParallel | None = None) -> types.FunctionType:
     """Build ``train(key, hparams=None) -> TrainOutput`` for ``config``.
 
     ``hparams`` maps traced hyperparameter names to (possibly batched) values; missing names
     take the config's values. Keys ``env.<name>`` replace numeric fields of the env params
     (e.g. ``env.gravity``), so environment variations can be vmapped and swept too. The returned function also carries ``init(key, hparams)``,
     ``run_chunk(state, hparams, start, length)`` and ``num_iterations`` for chunked drivers.
+
+    ``data_parallel`` (a device count, a list of devices or a 1-D mesh, see
+    :mod:`jaxrl.parallel`) splits the run's envs over those devices: ``train``, ``init`` and
+    ``run_chunk`` then run under ``jax.shard_map`` (jit them as usual; vmapping over seeds still
+    works). The state they return has the env side sharded over its env axis and the rest
+    replicated; metrics are global and shaped as in a plain run.
     """
     config.validate()
     if config.rounding_note():
@@ -139,10 +172,17 @@ def make_train(config: Config) -> types.FunctionType:
     env, env_params = make_env(config)
     obs_space = env.observation_space(env_params)
     spec = Spec(tuple(obs_space.shape), env.action_space(env_params))
+    mesh = None if data_parallel is None else parallel.make_mesh(data_parallel)
+    devices = 1 if mesh is None else mesh.size
+    axis = None if mesh is None else parallel.AXIS
+    if config.num_envs % devices:
+        raise ConfigError(f"num_envs={config.num_envs} does not divide over {devices} devices "
+                          f"(data parallel: every device steps an equal share of the envs)")
     if hasattr(algo, "check"):
-        algo.check(config, spec)
+        algo.check(config, spec, devices)
     n_envs, n_steps, n_iters = config.num_envs, config.num_steps, config.num_iterations
-    rollout = make_rollout(env, n_envs, n_steps)
+    n_local = n_envs // devices  # envs per device
+    rollout = make_rollout(env, n_local, n_steps)
     evaluate = None
     if config.eval_every:
         from jaxrl.evaluate import make_evaluate
@@ -170,17 +210,30 @@ def make_train(config: Config) -> types.FunctionType:
         swept = {k[len(ENV_PREFIX):]: v for k, v in hp.items() if k.startswith(ENV_PREFIX)}
         return env_params.replace(**swept) if swept else env_params
 
+    specs = None
+    if mesh is not None:  # what is per device (sharded over the env axis) and what is replicated
+        P, sharded = PartitionSpec, PartitionSpec(axis)
+        example = jax.eval_shape(lambda k: algo.init(Context(config, spec, config.hparams(), jnp.int32(0)), k),
+                                 jax.random.key(0))
+        specs = parallel.state_specs(
+            TrainState(None, sharded, sharded, P(), RewardScaler(sharded, P()), P(), P()), example, sharded)
+
     def init(key: jax.Array, hparams: dict | None = None) -> TrainState:
         hp = hparams_of(hparams)
         key, k_env, k_agent = jax.random.split(key, 3)
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, n_envs), params_of(hp))
-        agent = algo.init(Context(config, spec, hp, jnp.int32(0)), k_agent)
-        return TrainState(agent, env_state, obs, RunningStats.create(spec.obs_shape),
-                          RewardScaler.create(n_envs), key, jnp.int32(0))
+        env_keys = jax.random.split(k_env, n_envs)  # this device's slice of the run's env keys
+        if axis is not None:
+            env_keys = jax.lax.dynamic_slice_in_dim(env_keys, jax.lax.axis_index(axis) * n_local, n_local)
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(env_keys, params_of(hp))
+        agent = algo.init(Context(config, spec, hp, jnp.int32(0), axis), k_agent)  # same key: same params
+        state = TrainState(agent, env_state, obs, RunningStats.create(spec.obs_shape),
+                           RewardScaler.create(n_local), key, jnp.int32(0))
+        return state if axis is None else parallel.to_varying(state, specs, axis)
 
     def iteration(state: TrainState, hp: dict, i: jax.Array) -> tuple[TrainState, Metrics]:
-        ctx = Context(config, spec, hp, i)
+        ctx = Context(config, spec, hp, i, axis)
         key, k_roll, k_learn, k_eval = jax.random.split(state.key, 4)
+        k_roll, k_learn = parallel.local_key(k_roll, axis), parallel.local_key(k_learn, axis)
         normalize = state.obs_stats.normalize if config.normalize_obs else (lambda x: x)
 
         def act(obs: jax.Array, k: jax.Array) -> tuple[jax.Array, dict]:
@@ -190,25 +243,28 @@ def make_train(config: Config) -> types.FunctionType:
 
         obs_stats, scaler = state.obs_stats, state.reward_scaler
         if config.normalize_obs:  # learn on exactly what the policy saw (the old statistics)
-            obs_stats = obs_stats.update(traj.obs)
+            obs_stats = obs_stats.update(traj.obs, axis)
             traj = traj.replace(obs=normalize(traj.obs), next_obs=normalize(traj.next_obs))
         if config.normalize_reward:
-            scaler, scaled = scaler.scale(traj.reward, traj.terminated | traj.truncated, hp["gamma"])
+            scaler, scaled = scaler.scale(traj.reward, traj.terminated | traj.truncated, hp["gamma"], axis)
             traj = traj.replace(reward=scaled)
 
         agent, metrics = algo.learn(ctx, state.agent, traj, k_learn)
-        finished = episodes.done.sum()
-        mean_of_finished = lambda x: jnp.where(  # noqa: E731
-            finished > 0, (x * episodes.done).sum() / jnp.maximum(finished, 1), jnp.nan)
+        done = episodes.done
+        finished, returns, lengths = ctx.sum(  # over every device's envs
+            (done, episodes.returns * done, episodes.lengths.astype(jnp.float32) * done))
+        mean_of_finished = lambda total: jnp.where(finished > 0, total / jnp.maximum(finished, 1), jnp.nan)  # noqa: E731
         metrics = {
             "env_steps": ctx.env_steps + config.steps_per_iteration,
             "episodes": finished.astype(jnp.float32),
-            "episode_return": mean_of_finished(episodes.returns),
-            "episode_length": mean_of_finished(episodes.lengths.astype(jnp.float32)),
+            "episode_return": mean_of_finished(returns),
+            "episode_length": mean_of_finished(lengths),
             **metrics,
         }
         new_state = TrainState(agent, env_state, obs, obs_stats, scaler, key, state.iteration + 1)
         if evaluate is not None:  # after the update, on iterations eval_every, 2*eval_every, ...
+            # (data parallel: every device plays the same episodes with the same key and the same
+            # replicated params, so the result is replicated too)
             due = (i + 1) % config.eval_every == 0
             skipped = nan_like(jax.eval_shape(evaluate, new_state, hp, k_eval))
             metrics |= jax.lax.cond(due, lambda: evaluate(new_state, hp, k_eval), lambda: skipped)
@@ -234,12 +290,39 @@ def make_train(config: Config) -> types.FunctionType:
                                       jnp.arange(n_iters, dtype=jnp.int32))
         return TrainOutput(state, metrics)
 
-    train.init = init
-    train.run_chunk = run_chunk
-    train.num_iterations = n_iters
-    train.config = config
-    train.spec = spec
-    return train
+    out = (train, init, run_chunk)
+    if mesh is not None:  # the same functions, each device running them on its share
+        out = _shard_mapped(mesh, specs, *out)
+    out, out.init, out.run_chunk = out[0], out[1], out[2]
+    out.num_iterations = n_iters
+    out.config = config
+    out.spec = spec
+    out.mesh = mesh
+    out.state_specs = specs
+    return out
+
+
+def _shard_mapped(mesh: Mesh, specs: Any, train, init, run_chunk) -> tuple:
+    """``train``, ``init`` and ``run_chunk`` run per device under ``jax.shard_map``: keys and
+    hparams replicated in, the state in and out as ``specs`` say, metrics replicated out.
+    Replicated outputs are checked: a value that differs across devices fails to trace."""
+    P = PartitionSpec
+
+    def shard(f, in_specs, out_specs):
+        return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+
+    def init_all(key: jax.Array, hparams: dict | None = None) -> TrainState:
+        return shard(init, (P(), P()), specs)(key, hparams)
+
+    def run_chunk_all(state: TrainState, hparams: dict | None, start: jax.Array,
+                      length: int) -> tuple[TrainState, Metrics]:
+        chunk = functools.partial(run_chunk, length=length)
+        return shard(chunk, (specs, P(), P()), (specs, P()))(state, hparams, start)
+
+    def train_all(key: jax.Array, hparams: dict | None = None) -> TrainOutput:
+        return shard(train, (P(), P()), TrainOutput(specs, P()))(key, hparams)
+
+    return train_all, init_all, run_chunk_all
 
 
 def seed_keys(seed: int, num_seeds: int) -> jax.Array:

@@ -24,13 +24,28 @@ def gradient_step(
     opt_state: Any,
     loss_fn: Callable[..., tuple[jax.Array, dict]],
     *batch: Any,
+    axis: str | None = None,
 ) -> tuple[Any, Any, dict[str, jax.Array]]:
     """One descent step on ``loss_fn(params, *batch) -> (loss, aux metrics)``.
 
     Returns new params, optimizer state and the metrics (``loss``, ``grad_norm`` before
-    clipping, and the aux dict).
+    clipping, and the aux dict). With ``axis`` (inside ``jax.shard_map``, data parallel), each
+    device holds its share of the batch: the gradients and metrics are averaged over the
+    devices on ``axis``, so the step equals one on the whole batch (for a loss that averages
+    over its items) and leaves the replicated params identical on every device.
     """
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *batch)
+    if axis is not None:
+        # Deliberate: cast the replicated (device-invariant) params to device-varying before
+        # differentiating. Differentiating w.r.t. the invariant params themselves would make the
+        # transpose of their implicit broadcast psum the gradient over devices, so a pmean on top
+        # would give D times the mean gradient. With varying params the gradient is this device's
+        # own, and the explicit pmean below is the average.
+        params_in = jax.lax.pcast(params, axis, to="varying")
+    else:
+        params_in = params
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params_in, *batch)
+    if axis is not None:
+        grads, loss, aux = jax.lax.pmean((grads, loss, aux), axis)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates))
     return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}

@@ -68,9 +68,12 @@ class Config(cfg.Config):
         cfg.require(self.eps_fraction > 0, f"eps_fraction must be > 0, got {self.eps_fraction}")
 
 
-def check(config: Config, spec: Spec) -> None:
+def check(config: Config, spec: Spec, devices: int) -> None:
     if not spec.discrete:
         raise cfg.ConfigError(f"dqn needs a discrete action space; {config.env} has {spec.action_space}")
+    for name in ("buffer_size", "batch_size"):  # data parallel: every device holds and samples a share
+        cfg.require(getattr(config, name) % devices == 0,
+                    f"{name}={getattr(config, name)} does not divide over {devices} devices")
 
 
 class State(struct.PyTreeNode):
@@ -92,7 +95,7 @@ def init(ctx: Context, key: jax.Array) -> State:
     item = {"obs": obs, "action": jnp.int32(0), "reward": jnp.float32(0),
             "terminated": jnp.bool_(False), "next_obs": obs}
     return State(params, params, optim.adam(ctx.hp["max_grad_norm"]).init(params),
-                 replay.create(item, ctx.config.buffer_size), jnp.int32(0))
+                 replay.create(item, ctx.config.buffer_size // ctx.devices), jnp.int32(0))
 
 
 def epsilon(ctx: Context) -> jax.Array:
@@ -140,11 +143,11 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
     tx, lr = optim.adam(hp["max_grad_norm"]), ctx.learning_rate()
 
     def update(agent: State, step_key: jax.Array) -> tuple[State, dict]:
-        batch = replay.sample(agent.buffer, step_key, c.batch_size)
+        batch = replay.sample(agent.buffer, step_key, c.batch_size // ctx.devices)
         batch["terminated"] = batch["terminated"].astype(jnp.float32)
         params, opt_state, metrics = optim.gradient_step(
             tx, lr, agent.params, agent.opt_state,
-            lambda p, b: loss(ctx, p, agent.target_params, b), batch)
+            lambda p, b: loss(ctx, p, agent.target_params, b), batch, axis=ctx.axis)
         updates = agent.updates + 1
         sync = updates % c.target_update_interval == 0
         tau = jnp.where(sync, hp["tau"], 0.0)

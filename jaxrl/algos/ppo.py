@@ -15,7 +15,7 @@ from flax import struct
 
 from jaxrl import config as cfg
 from jaxrl import optim, returns
-from jaxrl.loop import Context, Transition
+from jaxrl.loop import Context, Spec, Transition
 from jaxrl.networks import ActorCritic
 
 
@@ -43,6 +43,14 @@ class Config(cfg.Config):
         )
         cfg.require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         cfg.require(self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}")
+
+
+def check(config: Config, spec: Spec, devices: int) -> None:
+    local = config.steps_per_iteration // devices
+    if local % config.num_minibatches:
+        raise cfg.ConfigError(
+            f"each of {devices} devices learns on num_envs * num_steps / {devices} = {local} transitions, "
+            f"which do not divide into num_minibatches = {config.num_minibatches}")
 
 
 class State(struct.PyTreeNode):
@@ -78,8 +86,9 @@ def loss(ctx: Context, params: dict, mb: dict) -> tuple[jax.Array, dict]:
     log_ratio = pi.log_prob(mb["action"]) - mb["log_prob"]
     ratio = jnp.exp(log_ratio)
     adv = mb["advantage"]
-    if c.normalize_advantages:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    if c.normalize_advantages:  # over the whole minibatch, every device's share of it
+        mean = ctx.mean(adv)
+        adv = (adv - mean) / (jnp.sqrt(ctx.mean(jnp.square(adv - mean))) + 1e-8)
     eps = hp["clip_eps"]
     policy_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - eps, 1.0 + eps) * adv).mean()
     value_err = (value - mb["target"]) ** 2
@@ -105,13 +114,13 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
                                     traj.terminated, traj.truncated, hp["gamma"], hp["gae_lambda"])
     data = {"obs": traj.obs, "action": traj.action, "log_prob": traj.extras["log_prob"],
             "value": traj.extras["value"], "advantage": advantage, "target": target}
-    batch = c.steps_per_iteration
+    batch = traj.reward.size  # this device's share of the iteration's transitions
     data = jax.tree.map(lambda x: x.reshape((batch,) + x.shape[2:]), data)
     tx, lr = optim.adam(hp["max_grad_norm"]), ctx.learning_rate()
 
     def minibatch_step(agent: State, mb: dict) -> tuple[State, dict]:
         params, opt_state, metrics = optim.gradient_step(
-            tx, lr, agent.params, agent.opt_state, lambda p, b: loss(ctx, p, b), mb)
+            tx, lr, agent.params, agent.opt_state, lambda p, b: loss(ctx, p, b), mb, axis=ctx.axis)
         return State(params, opt_state), metrics
 
     def epoch(agent: State, epoch_key: jax.Array) -> tuple[State, dict]:

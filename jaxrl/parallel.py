@@ -1,0 +1,102 @@
+"""Data parallelism for one run: its ``num_envs`` envs split over the devices of a 1-D mesh.
+
+``make_train(config, data_parallel=D)`` runs the training loop under ``jax.shard_map``: each
+device steps ``num_envs / D`` envs and computes gradients on its share of every minibatch; the
+gradients are averaged across devices (:func:`jaxrl.optim.gradient_step`), so the replicated
+parameters stay identical everywhere. The helpers here say what is per device and what is
+shared, so :mod:`jaxrl.loop` keeps one iteration body for both cases.
+
+What is global (identical on every device, replicated in the output): the agent's parameters,
+optimizer and target network, the observation and reward statistics (batch statistics merged
+across devices), the iteration counter, the train key and every reported metric. What is per
+device (sharded over the env axis): env states, last observations, each env's running return,
+and the contents of replay buffers (each device keeps the transitions its own envs produced).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+
+from jaxrl import replay
+from jaxrl.config import ConfigError
+
+AXIS = "data"  # the mesh axis a data-parallel run's envs are split over
+
+DataParallel = int | Sequence[jax.Device] | Mesh
+
+
+def make_mesh(data_parallel: DataParallel) -> Mesh:
+    """A 1-D mesh named :data:`AXIS` from a device count (the first ``n`` of ``jax.devices()``),
+    a list of devices, or a mesh (which must have exactly that one axis)."""
+    if isinstance(data_parallel, Mesh):
+        if data_parallel.axis_names != (AXIS,):
+            raise ConfigError(f"a data-parallel mesh needs the single axis {AXIS!r}, got {data_parallel.axis_names}")
+        return data_parallel
+    if isinstance(data_parallel, (int, np.integer)) and not isinstance(data_parallel, bool):
+        available = jax.devices()
+        if not 1 <= data_parallel <= len(available):
+            raise ConfigError(f"data_parallel={data_parallel} devices requested; {len(available)} available "
+                              f"({available[0].platform})")
+        devices = available[:data_parallel]
+    else:
+        devices = list(data_parallel)
+        if not devices or not all(isinstance(d, jax.Device) for d in devices):
+            raise ConfigError(f"data_parallel must be a device count, a list of devices or a Mesh, "
+                              f"got {data_parallel!r}")
+    return Mesh(np.array(devices), (AXIS,))
+
+
+def state_specs(state: Any, agent: Any, sharded: PartitionSpec) -> Any:
+    """Partition specs for a train state: ``state`` is a structure (e.g. ``TrainState``) whose
+    leaves are already specs, except ``agent``, which is given as an example agent state. The
+    agent is replicated except for the contents of replay buffers, which are ``sharded``."""
+
+    def agent_part(x: Any) -> Any:
+        if isinstance(x, replay.Buffer):
+            return x.replace(data=jax.tree.map(lambda _: sharded, x.data), pos=PartitionSpec(), size=PartitionSpec())
+        return PartitionSpec()
+
+    return state.replace(agent=jax.tree.map(agent_part, agent, is_leaf=lambda x: isinstance(x, replay.Buffer)))
+
+
+def to_varying(tree: Any, specs: Any, axis: str) -> Any:
+    """Mark the leaves of ``tree`` that ``specs`` shard over ``axis`` as device-varying.
+
+    Freshly created per-device state (an empty replay buffer) is device-invariant to
+    ``shard_map``'s type check until data flows into it; casting it up front lets the loop's
+    ``scan`` and ``cond`` see the same types before and after an iteration.
+    """
+
+    def cast(spec: PartitionSpec, sub: Any) -> Any:
+        if axis not in spec:
+            return sub
+        return jax.tree.map(
+            lambda x: x if axis in jax.typeof(x).vma else jax.lax.pcast(x, axis, to="varying"), sub)
+
+    return jax.tree.map(cast, specs, tree, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def local_key(key: jax.Array, axis: str | None) -> jax.Array:
+    """A key of this device's own stream (rollout noise, minibatch shuffles, replay sampling).
+
+    With one device (or none) the key is returned unchanged, so a one-device mesh draws exactly
+    what the plain run draws.
+    """
+    if axis is None or jax.lax.axis_size(axis) == 1:
+        return key
+    return jax.random.fold_in(key, jax.lax.axis_index(axis))
+
+
+def vary_like(x: Any, like: jax.Array) -> Any:
+    """``x`` cast to vary over the mesh axes ``like`` varies over (a no-op outside ``shard_map``).
+
+    A ``scan`` carry that starts as a constant (zeros) but takes in per-device data must be
+    device-varying from the start, or ``shard_map``'s type check rejects the scan.
+    """
+    missing = tuple(sorted(jax.typeof(like).vma - jax.typeof(x).vma))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
