@@ -286,8 +286,13 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
 
     def train(key: jax.Array, hparams: dict | None = None) -> TrainOutput:
         hp = hparams_of(hparams)
-        state, metrics = jax.lax.scan(lambda s, i: iteration(s, hp, i), init(key, hp),
-                                      jnp.arange(n_iters, dtype=jnp.int32))
+
+        def body(carry, _):  # the index rides in the carry: no per-iteration input array
+            state, i = carry
+            state, metrics = iteration(state, hp, i)
+            return (state, i + 1), metrics
+
+        (state, _), metrics = jax.lax.scan(body, (init(key, hp), jnp.int32(0)), length=n_iters)
         return TrainOutput(state, metrics)
 
     out = (train, init, run_chunk)

@@ -102,3 +102,11 @@ def test_other_observation_and_action_spaces_train(env, algo):
     out = jax.jit(jaxrl.make_train(config))(jax.random.key(0))
     assert np.isfinite(np.asarray(out.metrics["loss"])[-1])
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(out.state.agent.params))
+
+
+def test_iteration_index_stays_unbatched_under_vmap():
+    """The iteration index is not part of the vmapped state, so conditionals on it (DQN's replay
+    warm-up) stay real branches in a batch of seeds instead of running both sides."""
+    train = jaxrl.make_train(jaxrl.load_config("dqn_cartpole", total_steps=20_000))
+    jaxpr = str(jax.make_jaxpr(jax.vmap(train))(jaxrl.seed_keys(0, 2)))
+    assert " cond[" in jaxpr
