@@ -8,8 +8,8 @@ A checkpoint is one orbax step directory ``<dir>/<iterations_done>/`` holding th
   again on restore with the impl recorded in ``meta``.
 - ``history``: every per-iteration metric so far, ``(seeds, iterations_done)`` NumPy arrays.
 - ``meta`` (JSON): ``iterations_done``, ``num_seeds``, ``chunk_size``, the resolved config as a
-  dict, the traced ``hparams`` overrides, accumulated ``run_seconds``, the ``score`` and the
-  metric shapes/dtypes.
+  dict, the traced ``hparams`` overrides, accumulated ``run_seconds``, the ``score``, the
+  metric shapes/dtypes and ``devices`` (how many devices each seed's envs were split over).
 
 Atomicity: orbax writes each step into ``<step>.orbax-checkpoint-tmp-*`` and renames it to
 ``<step>`` only once every item is written (a rename is atomic on a local file system), so a
@@ -189,7 +189,7 @@ class Checkpointer:
     # -- save / restore
     def save(self, state: Any, metrics: dict[str, np.ndarray], *, config: dict[str, Any],
              num_seeds: int, chunk_size: int, hparams: dict[str, Any] | None = None,
-             run_seconds: float = 0.0) -> int:
+             run_seconds: float = 0.0, devices: int = 1) -> int:
         """Save at step ``iterations_done`` (= the metrics' second axis); returns that step.
 
         With ``async_save`` this returns once the state is copied to host memory and the previous
@@ -200,7 +200,7 @@ class Checkpointer:
         s = score(metrics)
         meta = {
             "iterations_done": step, "num_seeds": int(num_seeds), "chunk_size": int(chunk_size),
-            "config": config, "run_seconds": float(run_seconds),
+            "config": config, "run_seconds": float(run_seconds), "devices": int(devices),
             "hparams": None if hparams is None else {k: np.asarray(v).tolist() for k, v in hparams.items()},
             "score": None if math.isnan(s) else s,
             "metrics": {k: [list(v.shape), str(v.dtype)] for k, v in metrics.items()},

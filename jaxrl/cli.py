@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its newest checkpoint, bit-identically; "
                    "its config.yaml is used (overrides that change it are refused)")
+    p.add_argument("--data-parallel", default=None, metavar="D|all",
+                   help="split each seed's num_envs over D devices (or all of them), averaging "
+                   "gradients across them; num_envs must divide by D")
 
     b = sub.add_parser(
         "bench", help="measure compile time and env steps/s per number of seeds (scaling curves)",
@@ -228,6 +231,11 @@ def _prepare_resume(args: argparse.Namespace, run_dir: Path) -> tuple[int, int |
         return seeds, args.chunk_size
     if args.seeds is not None and args.seeds != meta["num_seeds"]:
         raise ConfigError(f"--seeds {args.seeds} differs from the resumed run's {meta['num_seeds']}")
+    devices = meta.get("devices", 1)  # a run resumes on as many devices as it was split over
+    if args.data_parallel is not None and args.data_parallel != devices:
+        raise ConfigError(f"--data-parallel {args.data_parallel} differs from the resumed run's {devices} device(s)")
+    if devices > 1:
+        args.data_parallel = devices
     return meta["num_seeds"], args.chunk_size or meta["chunk_size"]
 
 
@@ -236,6 +244,12 @@ def _train(args: argparse.Namespace, config) -> int:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if args.data_parallel is not None:
+        if args.data_parallel != "all" and not (args.data_parallel.isdigit() and int(args.data_parallel) >= 1):
+            raise ConfigError(f"--data-parallel must be a device count >= 1 or 'all', got {args.data_parallel!r}")
+        import jax
+
+        args.data_parallel = jax.device_count() if args.data_parallel == "all" else int(args.data_parallel)
     from jaxrl import metrics as M
     from jaxrl.runner import train_seeds
 
@@ -259,8 +273,9 @@ def _train(args: argparse.Namespace, config) -> int:
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.touch()
     total = config.num_iterations
+    split = f" (envs split over {args.data_parallel} devices)" if args.data_parallel else ""
     print(f"jaxrl train {name}: {config.algo} on {config.env}, {args.seeds} seed(s), "
-          f"{total} iterations x {config.steps_per_iteration} steps -> {run_dir}", flush=True)
+          f"{total} iterations x {config.steps_per_iteration} steps{split} -> {run_dir}", flush=True)
 
     from jaxrl.loggers import log_all, make_loggers
 
@@ -298,7 +313,7 @@ def _train(args: argparse.Namespace, config) -> int:
                           checkpoint_dir=None if every < 0 else run_dir / CHECKPOINT_SUBDIR,
                           checkpoint_every=max(every, 0), keep=args.keep, resume=bool(args.resume),
                           checkpoint_min_seconds=args.checkpoint_seconds, on_resume=on_resume,
-                          progress=not args.quiet)
+                          progress=not args.quiet, data_parallel=args.data_parallel)
     except KeyboardInterrupt:  # the save in flight has been finished by train_seeds
         print(f"\ninterrupted; continue with: jaxrl train --resume {run_dir}"
               if every >= 0 else "\ninterrupted (no checkpoints: --checkpoint-every -1)", file=sys.stderr)
@@ -318,6 +333,7 @@ def _train(args: argparse.Namespace, config) -> int:
         "env_steps_per_second": round(run.steps_per_second, 1),
         "checkpoint_seconds": round(run.checkpoint_seconds, 3),  # part of run_seconds (this session)
         "compile_cache_hits": run.cache_hits, "compile_cache_lookups": run.cache_lookups,
+        "data_parallel": args.data_parallel or 1,  # devices each seed's envs were split over
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\nfinal return per seed (mean of episodes in the last 5% of iterations):")

@@ -26,6 +26,7 @@ from jaxrl import metrics as M
 from jaxrl.compile_cache import cache_counts
 from jaxrl.config import Config
 from jaxrl.loop import TrainState, make_train, seed_keys
+from jaxrl.parallel import DataParallel
 
 
 @dataclasses.dataclass
@@ -125,6 +126,7 @@ def train_seeds(
     checkpoint_min_seconds: float = 0.0,
     on_resume: Callable[[int, dict[str, np.ndarray]], None] | None = None,
     progress: bool = False,
+    data_parallel: DataParallel | None = None,
 ) -> Run:
     """Train seeds ``config.seed .. config.seed + num_seeds - 1`` in one compiled program.
 
@@ -148,6 +150,9 @@ def train_seeds(
     ``progress=True`` shows a progress bar (tqdm, or plain lines without it). Compile the
     programs once for all processes with :func:`jaxrl.compile_cache.enable_compilation_cache`;
     ``Run.cache_hits`` says how many came from that cache.
+
+    ``data_parallel`` (a device count, devices or a mesh) splits every seed's envs over those
+    devices (see :mod:`jaxrl.parallel`); a run resumes only on as many devices as it was saved from.
     """
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
@@ -155,7 +160,8 @@ def train_seeds(
         raise ValueError(f"checkpoint_every must be >= 0 (0: only at the end), got {checkpoint_every}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
-    train = make_train(config)
+    train = make_train(config, data_parallel)
+    devices = 1 if train.mesh is None else train.mesh.size
     n_iters = train.num_iterations
     keys = seed_keys(config.seed, num_seeds)
 
@@ -167,10 +173,10 @@ def train_seeds(
 
             ckpt = cleanup.enter_context(Checkpointer(checkpoint_dir, keep=keep, async_save=True))
         if resume and ckpt.latest_step() is not None:
-            _check_resumable(ckpt.meta(), config, num_seeds, hparams)
+            _check_resumable(ckpt.meta(), config, num_seeds, hparams, devices)
             abstract = jax.eval_shape(jax.vmap(train.init, in_axes=(0, None)), keys, hparams)
             restored = ckpt.restore(abstract)
-            _check_resumable(restored.meta, config, num_seeds, hparams)
+            _check_resumable(restored.meta, config, num_seeds, hparams, devices)
             chunk_size = chunk_size or restored.meta["chunk_size"]
         chunk_size = chunk_size or default_chunk_size(n_iters)
         if chunk_size < 1:
@@ -180,7 +186,8 @@ def train_seeds(
         lookups, hits = cache_counts()
         start = time.perf_counter()
         init = jax.jit(jax.vmap(train.init, in_axes=(0, None))).lower(keys, hparams).compile()
-        state = init(keys, hparams) if restored is None else restored.state
+        # a restored state goes where a fresh one would be (data parallel: sharded over the mesh)
+        state = init(keys, hparams) if restored is None else jax.device_put(restored.state, init.output_shardings)
         run_chunk = functools.partial(train.run_chunk, length=chunk_size)
         chunk = jax.jit(jax.vmap(run_chunk, in_axes=(0, None, None)))
         chunk = chunk.lower(state, hparams, jnp.int32(0)).compile()
@@ -220,13 +227,13 @@ def train_seeds(
             if ckpt is not None and (due or done == n_iters):
                 t0 = last_save = time.perf_counter()
                 # In the background; the host copy and the wait for the previous save count here.
-                _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds)
+                _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices)
                 saved = done
                 dt = time.perf_counter() - t0
                 run_seconds += dt
                 checkpoint_seconds += dt
         if ckpt is not None and saved != done:  # e.g. resumed from a checkpoint of a finished run
-            _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds)
+            _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices)
         if ckpt is not None:
             t0 = time.perf_counter()
             ckpt.wait()  # the last save must be on disk before we return (re-raises its error)
@@ -240,14 +247,14 @@ def train_seeds(
                restored.iterations_done if restored is not None else 0, lookups, hits)
 
 
-def _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds) -> None:
+def _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices) -> None:
     merged = {k: np.concatenate([p[k] for p in pieces], axis=1) for k in pieces[0]}
     pieces[:] = [merged]  # keep the host-side list short
     ckpt.save(state, merged, config=config.to_dict(), num_seeds=num_seeds, chunk_size=chunk_size,
-              hparams=hparams, run_seconds=run_seconds)
+              hparams=hparams, run_seconds=run_seconds, devices=devices)
 
 
-def _check_resumable(meta: dict, config: Config, num_seeds: int, hparams: dict | None) -> None:
+def _check_resumable(meta: dict, config: Config, num_seeds: int, hparams: dict | None, devices: int = 1) -> None:
     saved = meta["config"]
     now = config.to_dict()
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
@@ -256,6 +263,9 @@ def _check_resumable(meta: dict, config: Config, num_seeds: int, hparams: dict |
                          + ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed))
     if meta["num_seeds"] != num_seeds:
         raise ValueError(f"cannot resume: the checkpoint has {meta['num_seeds']} seed(s), not {num_seeds}")
+    if meta.get("devices", 1) != devices:  # the envs' split, replay buffers and key streams depend on it
+        raise ValueError(f"cannot resume: the run was split over {meta.get('devices', 1)} device(s) "
+                         f"(data parallel), not {devices}")
     now_hp = None if hparams is None else {k: np.asarray(v).tolist() for k, v in hparams.items()}
     if meta.get("hparams") != now_hp:
         raise ValueError(f"cannot resume: hparams {now_hp} differ from the checkpoint's {meta.get('hparams')}")
