@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 import jaxrl
 from jaxrl.loop import Context
+
+# In-process `jaxrl train/sweep/bench` calls must not turn on the persistent compilation cache in
+# ~/.cache for the whole test process (test_compile_cache.py runs subprocesses with their own).
+os.environ.setdefault("JAXRL_NO_COMPILE_CACHE", "1")
 
 
 def run(config, seeds: int = 1, hparams=None):
