@@ -24,6 +24,7 @@ import importlib.util
 import os
 import platform
 import sys
+import warnings
 from pathlib import Path
 
 ENV_DIR = "JAXRL_CACHE_DIR"
@@ -69,7 +70,8 @@ def enable_compilation_cache(directory: str | Path | None = None, enabled: bool 
     The programs go to ``directory/<cpu_tag()>``; ``directory`` defaults to
     :func:`default_cache_dir`. Nothing changes when ``enabled`` is False or
     ``JAXRL_NO_COMPILE_CACHE`` is set to anything but ``""``/``0``, and a cache dir the user
-    already gave JAX is kept (and returned).
+    already gave JAX is kept (and returned). A folder that cannot be written turns the cache
+    off with a warning.
     """
     if not enabled or os.environ.get(ENV_OFF, "") not in ("", "0"):
         return None
@@ -77,7 +79,15 @@ def enable_compilation_cache(directory: str | Path | None = None, enabled: bool 
     if users:
         return users
     root = Path(directory).expanduser() if directory is not None else default_cache_dir()
-    path = str(root / cpu_tag())
+    path = root / cpu_tag()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is not writable")
+    except OSError as err:  # without this, JAX would warn at every compile
+        warnings.warn(f"compilation cache off: {err} (set {ENV_DIR} to a writable folder)", stacklevel=2)
+        return None
+    path = str(path)
     settings = {"jax_compilation_cache_dir": path, **_THRESHOLDS}
     # Thresholds the user set in the environment win.
     settings = {k: v for k, v in settings.items() if k.upper() not in os.environ}

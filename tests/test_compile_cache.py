@@ -61,6 +61,8 @@ def test_where_the_cache_goes(tmp_path):
     # A cache the user gave JAX is kept, thresholds included; the switch turns ours off.
     assert _show(JAX_COMPILATION_CACHE_DIR="/elsewhere") == ["/elsewhere", "/elsewhere", "None", "False"]
     assert _show(JAXRL_NO_COMPILE_CACHE="1", JAXRL_CACHE_DIR=str(tmp_path)) == ["None", "None", "None", "False"]
+    (tmp_path / "a_file").write_text("")  # a folder that cannot be made: off, with a warning
+    assert _show(JAXRL_CACHE_DIR=str(tmp_path / "a_file")) == ["None", "None", "None", "False"]
 
 
 def test_enable_after_jax_is_imported_caches_later_programs(tmp_path):
