@@ -295,10 +295,11 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
         (state, _), metrics = jax.lax.scan(body, (init(key, hp), jnp.int32(0)), length=n_iters)
         return TrainOutput(state, metrics)
 
-    out = (train, init, run_chunk)
-    if mesh is not None:  # the same functions, each device running them on its share
-        out = _shard_mapped(mesh, specs, *out)
-    out, out.init, out.run_chunk = out[0], out[1], out[2]
+    # data parallel: the same functions, each device running them on its share (under new names:
+    # ``train`` itself calls the per-device ``init``)
+    entry = (train, init, run_chunk) if mesh is None else _shard_mapped(mesh, specs, train, init, run_chunk)
+    out = entry[0]
+    out.init, out.run_chunk = entry[1], entry[2]
     out.num_iterations = n_iters
     out.config = config
     out.spec = spec
