@@ -91,3 +91,11 @@ def test_no_compile_cache_flag(monkeypatch):
 @pytest.mark.parametrize("value", ["", "0"])
 def test_switch_values_that_keep_the_cache_on(tmp_path, value):
     assert _show(JAXRL_NO_COMPILE_CACHE=value, JAXRL_CACHE_DIR=str(tmp_path))[0] == str(tmp_path / cpu_tag())
+
+
+def test_no_lookups_are_counted_without_a_cache():
+    code = ("import jax; from jaxrl.compile_cache import cache_counts; cache_counts(); "
+            "jax.jit(lambda x: x + 1)(1.0); print(*cache_counts())")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "0"]  # JAX itself reports a cache request per compile even then
