@@ -250,6 +250,9 @@ def _train(args: argparse.Namespace, config) -> int:
         import jax
 
         args.data_parallel = jax.device_count() if args.data_parallel == "all" else int(args.data_parallel)
+        from jaxrl.loop import make_train
+
+        make_train(config, data_parallel=args.data_parallel)  # a bad split fails before the run folder exists
     from jaxrl import metrics as M
     from jaxrl.runner import train_seeds
 

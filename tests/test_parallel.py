@@ -212,3 +212,7 @@ def test_bad_input_fails_in_make_train(report):
 def test_cli_rejects_bad_data_parallel(tmp_path, capsys):
     assert jaxrl.cli.main(["train", "ppo_cartpole", "--data-parallel", "two", "--out", str(tmp_path)]) == 2
     assert "--data-parallel must be a device count >= 1 or 'all'" in capsys.readouterr().err
+    # more devices than there are: refused before a run folder is made
+    assert jaxrl.cli.main(["train", "ppo_cartpole", "--data-parallel", "64", "--out", str(tmp_path)]) == 2
+    assert "data_parallel=64 devices requested" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
