@@ -102,6 +102,15 @@ def enable_compilation_cache(directory: str | Path | None = None, enabled: bool 
     return path
 
 
+def describe(lookups: int, hits: int) -> str:
+    """How compile seconds came about, e.g. ``"all 3 programs from the compilation cache"``."""
+    if not lookups:
+        return ""
+    if hits == lookups:
+        return f"all {hits} programs from the compilation cache"
+    return f"{hits} of {lookups} programs from the compilation cache"
+
+
 def cache_counts() -> tuple[int, int]:
     """``(lookups, hits)`` of the persistent cache so far in this process.
 

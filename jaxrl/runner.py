@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl import metrics as M
-from jaxrl.compile_cache import cache_counts
+from jaxrl.compile_cache import cache_counts, describe
 from jaxrl.config import Config
 from jaxrl.loop import TrainState, make_train, seed_keys
 from jaxrl.parallel import DataParallel
@@ -47,11 +47,7 @@ class Run:
     @property
     def compile_note(self) -> str:
         """How compile_seconds came about, e.g. ``"all 3 programs from the compilation cache"``."""
-        if not self.cache_lookups:
-            return ""
-        if self.cache_hits == self.cache_lookups:
-            return f"all {self.cache_hits} programs from the compilation cache"
-        return f"{self.cache_hits} of {self.cache_lookups} programs from the compilation cache"
+        return describe(self.cache_lookups, self.cache_hits)
 
     @property
     def env_steps(self) -> int:
