@@ -156,6 +156,10 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._async = async_save
         self._writer: threading.Thread | None = None
+        # set by the writer when its save is over; waited on instead of Thread.join, which a
+        # Ctrl-C landing inside it can leave reporting a still-running thread as finished
+        # (CPython 3.11), so the run would exit mid-save
+        self._saved = threading.Event()
         self._error: BaseException | None = None
 
     # -- queries
@@ -213,6 +217,7 @@ class Checkpointer:
         if not self._async:
             self._manager.save(step, args=items, metrics=ranking, force=True)
             return step
+        self._saved.clear()
         self._writer = threading.Thread(target=self._write, args=(step, items, ranking),
                                         name=f"jaxrl-checkpoint-{step}", daemon=True)
         self._writer.start()
@@ -224,6 +229,8 @@ class Checkpointer:
             self._manager.save(step, args=items, metrics=ranking, force=True)
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             self._error = err
+        finally:
+            self._saved.set()
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Restored | None:
         """Restore ``step`` (default: the newest readable one) against ``abstract_state``.
@@ -259,8 +266,7 @@ class Checkpointer:
         With ``timeout``: raise TimeoutError if the save is still running after that long.
         """
         if self._writer is not None:
-            self._writer.join(timeout)
-            if self._writer.is_alive():
+            if not self._saved.wait(timeout):
                 raise TimeoutError(f"a checkpoint save in {self.directory} is still running after {timeout} s")
             self._writer = None
         if self._error is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import json
 import os
 import shutil
@@ -170,6 +173,25 @@ def test_background_save_failure_does_not_hide_the_first_error(tmp_path):
         with ckpt:
             _tiny_save(ckpt)
             raise Interrupted
+
+
+def test_ctrl_c_inside_wait_does_not_pass_for_a_finished_save(tmp_path):
+    """A KeyboardInterrupt landing while the caller waits for the writer must leave the save
+    counted as running (CPython 3.11's Thread.join marks the thread finished in that case)."""
+    ckpt = Checkpointer(tmp_path, async_save=True)
+    release = threading.Event()
+    real_save = ckpt._manager.save
+    ckpt._manager.save = lambda *args, **kwargs: (release.wait(10), real_save(*args, **kwargs))
+    _tiny_save(ckpt)
+    main = threading.main_thread().ident  # a real SIGINT to the main thread, as Ctrl-C sends
+    threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.wait()
+    with pytest.raises(TimeoutError):  # still writing, and known to be
+        ckpt.wait(timeout=0.2)
+    release.set()
+    ckpt.close()
+    assert Checkpointer(tmp_path, read_only=True).steps() == [1]
 
 
 def test_background_saves_are_written_in_order(tmp_path):
