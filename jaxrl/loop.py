@@ -142,6 +142,14 @@ def env_param_values(params: Any) -> dict[str, jax.Array]:
     return values
 
 
+def hparam_dtype(name: str, env_values: dict[str, jax.Array]) -> jnp.dtype:
+    """float32 for a hyperparameter; an ``env.<name>`` param keeps its own dtype (e.g. int32
+    step limits). ``env_values`` is :func:`env_param_values` of the env's params."""
+    if name.startswith(ENV_PREFIX):
+        return env_values[name.removeprefix(ENV_PREFIX)].dtype
+    return jnp.dtype(jnp.float32)
+
+
 def make_env(config: Config) -> tuple[envs.Environment, Any]:
     """The training env (auto-reset, episode statistics) and its params, or a ConfigError."""
     try:
@@ -156,8 +164,9 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
 
     ``hparams`` maps traced hyperparameter names to (possibly batched) values; missing names
     take the config's values. Keys ``env.<name>`` replace numeric fields of the env params
-    (e.g. ``env.gravity``), so environment variations can be vmapped and swept too. The returned function also carries ``init(key, hparams)``,
-    ``run_chunk(state, hparams, start, length)`` and ``num_iterations`` for chunked drivers.
+    (e.g. ``env.gravity``), so environment variations can be vmapped and swept too. The
+    returned function also carries ``init(key, hparams)``, ``run_chunk(state, hparams, start,
+    length)`` and ``num_iterations`` for chunked drivers.
 
     ``data_parallel`` (a device count, a list of devices or a 1-D mesh, see
     :mod:`jaxrl.parallel`) splits the run's envs over those devices: ``train``, ``init`` and
@@ -200,14 +209,12 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
                 f"unknown traced hyperparameter(s) {sorted(unknown)}; traced: {list(names)}; env params "
                 f"(as {ENV_PREFIX}<name>): {sorted(env_defaults)}")
         hp = config.hparams()
-        for k, v in hparams.items():
-            dtype = env_defaults[k[len(ENV_PREFIX):]].dtype if k.startswith(ENV_PREFIX) else jnp.float32
-            hp[k] = jnp.asarray(v, dtype)
+        hp.update({k: jnp.asarray(v, hparam_dtype(k, env_defaults)) for k, v in hparams.items()})
         return hp
 
     def params_of(hp: dict[str, jax.Array]) -> Any:
         """The env params with the swept ``env.<name>`` values of ``hp`` put in."""
-        swept = {k[len(ENV_PREFIX):]: v for k, v in hp.items() if k.startswith(ENV_PREFIX)}
+        swept = {k.removeprefix(ENV_PREFIX): v for k, v in hp.items() if k.startswith(ENV_PREFIX)}
         return env_params.replace(**swept) if swept else env_params
 
     specs = None

@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrl.config import Config, ConfigError, suggest
-from jaxrl.loop import ENV_PREFIX, env_param_values, make_env, make_train, seed_keys
+from jaxrl.loop import ENV_PREFIX, env_param_values, hparam_dtype, make_env, make_train, seed_keys
 from jaxrl.metrics import final_return
 
 
@@ -157,7 +157,7 @@ def sweep(
     env_values = env_param_values(make_env(config)[1]) if env_keys else {}
     for key in settings[0]:
         if key.startswith(ENV_PREFIX):
-            name = key[len(ENV_PREFIX):]
+            name = key.removeprefix(ENV_PREFIX)
             if name not in env_values:
                 raise ConfigError(f"unknown env param {key!r} for {config.env}" + suggest(name, sorted(env_values))
                                   + f"; numeric env params: {', '.join(sorted(env_values)) or 'none'}")
@@ -176,7 +176,7 @@ def sweep(
         for key, value in setting.items():
             if key in traced and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise ConfigError(f"sweep value {key}={value!r} is not a number")
-            if key in env_keys and jnp.issubdtype(env_values[key[len(ENV_PREFIX):]].dtype, jnp.integer) \
+            if key in env_keys and jnp.issubdtype(hparam_dtype(key, env_values), jnp.integer) \
                     and value != int(value):
                 raise ConfigError(f"env param {key} is an integer, got {value!r}")
         config.replace(**{k: v for k, v in setting.items() if k not in env_keys})
@@ -191,7 +191,8 @@ def sweep(
     compile_s = run_s = 0.0
     for rows in groups.values():
         group_config = config.replace(**{k: settings[rows[0]][k] for k in static_keys})
-        hp = {k: np.array([settings[r][k] for r in rows], _dtype(k, env_values)) for k in settings[0] if k in traced}
+        hp = {k: np.array([settings[r][k] for r in rows], hparam_dtype(k, env_values))
+              for k in settings[0] if k in traced}
         out, c, r = _run(group_config, hp, len(rows), seeds, batch_size, devices)
         compile_s, run_s = compile_s + c, run_s + r
         for n, row in enumerate(rows):
@@ -205,11 +206,6 @@ def sweep(
     stacked_state = jax.tree.map(lambda *xs: np.stack(xs), *states) if same_shapes else states
     return SweepResult(config, settings, list(range(config.seed, config.seed + seeds)),
                        jax.tree.map(lambda *xs: np.stack(xs), *metrics), stacked_state, compile_s, run_s)
-
-
-def _dtype(key: str, env_values: dict[str, jax.Array]) -> np.dtype:
-    """float32 for hyperparameters; an env param keeps its own dtype (e.g. int32 step limits)."""
-    return np.dtype(env_values[key[len(ENV_PREFIX):]].dtype) if key.startswith(ENV_PREFIX) else np.dtype(np.float32)
 
 
 def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
