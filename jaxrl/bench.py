@@ -147,7 +147,7 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
     import jax
     import numpy as np
 
-    from jaxrl.compile_cache import cache_counts
+    from jaxrl.compile_cache import counting
     from jaxrl.loop import make_train, seed_keys
     from jaxrl.metrics import final_return
     from jaxrl.sweeps import _free_memory
@@ -170,11 +170,11 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
         else:
             fn, keys = jax.jit(jax.vmap(train)), seed_keys(config.seed, n)
         try:
-            hits = cache_counts()[1]
             t0 = time.perf_counter()
-            compiled = fn.lower(keys).compile()
+            with counting() as cache:
+                compiled = fn.lower(keys).compile()
             compile_seconds = time.perf_counter() - t0
-            cached = cache_counts()[1] > hits  # loaded from the persistent compilation cache
+            cached = cache.hits > 0  # loaded from the persistent compilation cache
             needed = program_bytes(compiled)
             available = memory_limit if memory_limit is not None else _free_memory(device)
             if needed is not None and needed > available:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from jaxrl.compile_cache import cache_counts, describe, enable_compilation_cache
+from jaxrl.compile_cache import counting, enable_compilation_cache
 from jaxrl.config import ConfigError, RoundingWarning, algo_names, config_names, load_config, parse_overrides
 
 EPILOG = """\
@@ -381,9 +381,8 @@ def _sweep(args: argparse.Namespace, config) -> int:
 
     name = Path(args.config).stem
     print(f"jaxrl sweep {name}: {config.algo} on {config.env}, grid {grid}, {args.seeds} seed(s) each", flush=True)
-    before = cache_counts()
-    result = sweep(config, seeds=args.seeds, grid=grid, batch_size=batch, separate=args.separate)
-    cache_note = describe(*(now - then for now, then in zip(cache_counts(), before)))
+    with counting() as cache:
+        result = sweep(config, seeds=args.seeds, grid=grid, batch_size=batch, separate=args.separate)
     run_dir = Path(args.out) / f"sweep-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -407,7 +406,7 @@ def _sweep(args: argparse.Namespace, config) -> int:
             print(f"{row['algorithm']:<40} {row['point']:>17.2f} {interval:>20}")
     print(f"best: {summary['best']}")
     print(f"{len(result.settings) * args.seeds} runs: compile {result.compile_seconds:.1f} s"
-          + (f" ({cache_note})" if cache_note else "") + f", run {result.run_seconds:.1f} s -> {run_dir}")
+          + (f" ({cache.note})" if cache.note else "") + f", run {result.run_seconds:.1f} s -> {run_dir}")
     return 0
 
 

@@ -18,6 +18,7 @@ This module does not import jax: before jax is imported it sets JAX's environmen
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -25,6 +26,7 @@ import os
 import platform
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 ENV_DIR = "JAXRL_CACHE_DIR"
@@ -109,6 +111,31 @@ def describe(lookups: int, hits: int) -> str:
     if hits == lookups:
         return f"all {hits} programs from the compilation cache"
     return f"{hits} of {lookups} programs from the compilation cache"
+
+
+@dataclasses.dataclass
+class CacheUse:
+    """Persistent-cache lookups and hits while a :func:`counting` block ran."""
+
+    lookups: int = 0
+    hits: int = 0
+
+    @property
+    def note(self) -> str:
+        return describe(self.lookups, self.hits)
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[CacheUse]:
+    """Count the programs compiled inside the block that were looked up in, and loaded from,
+    the persistent cache; the counts are filled in when the block ends (also on an error)."""
+    use = CacheUse()
+    lookups, hits = cache_counts()
+    try:
+        yield use
+    finally:
+        now_lookups, now_hits = cache_counts()
+        use.lookups, use.hits = now_lookups - lookups, now_hits - hits
 
 
 def cache_counts() -> tuple[int, int]:

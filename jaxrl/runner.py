@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl import metrics as M
-from jaxrl.compile_cache import cache_counts, describe
+from jaxrl.compile_cache import counting, describe
 from jaxrl.config import Config
 from jaxrl.loop import TrainState, make_train, seed_keys
 from jaxrl.parallel import DataParallel
@@ -179,17 +179,17 @@ def train_seeds(
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         chunk_size = min(chunk_size, n_iters)
 
-        lookups, hits = cache_counts()
         start = time.perf_counter()
-        init = jax.jit(jax.vmap(train.init, in_axes=(0, None))).lower(keys, hparams).compile()
-        # a restored state goes where a fresh one would be (data parallel: sharded over the mesh)
-        state = init(keys, hparams) if restored is None else jax.device_put(restored.state, init.output_shardings)
-        run_chunk = functools.partial(train.run_chunk, length=chunk_size)
-        chunk = jax.jit(jax.vmap(run_chunk, in_axes=(0, None, None)))
-        chunk = chunk.lower(state, hparams, jnp.int32(0)).compile()
-        jax.block_until_ready(state)
+        with counting() as cache:
+            init = jax.jit(jax.vmap(train.init, in_axes=(0, None))).lower(keys, hparams).compile()
+            # a restored state goes where a fresh one would be (data parallel: sharded over the mesh)
+            state = (init(keys, hparams) if restored is None
+                     else jax.device_put(restored.state, init.output_shardings))
+            run_chunk = functools.partial(train.run_chunk, length=chunk_size)
+            chunk = jax.jit(jax.vmap(run_chunk, in_axes=(0, None, None)))
+            chunk = chunk.lower(state, hparams, jnp.int32(0)).compile()
+            jax.block_until_ready(state)
         compile_seconds = time.perf_counter() - start
-        lookups, hits = cache_counts()[0] - lookups, cache_counts()[1] - hits
 
         pieces: list[dict[str, np.ndarray]] = []
         run_seconds = checkpoint_seconds = 0.0
@@ -240,7 +240,7 @@ def train_seeds(
     if len(pieces) > 1:
         pieces[:] = [merged]
     return Run(config, num_seeds, state, merged, compile_seconds, run_seconds, checkpoint_seconds,
-               restored.iterations_done if restored is not None else 0, lookups, hits)
+               restored.iterations_done if restored is not None else 0, cache.lookups, cache.hits)
 
 
 def _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices) -> None:
