@@ -236,17 +236,21 @@ def train_seeds(
             dt = time.perf_counter() - t0
             run_seconds += dt
             checkpoint_seconds += dt
-    merged = {k: np.concatenate([p[k] for p in pieces], axis=1) for k in pieces[0]}
-    if len(pieces) > 1:
-        pieces[:] = [merged]
+    merged = _merge(pieces)
     return Run(config, num_seeds, state, merged, compile_seconds, run_seconds, checkpoint_seconds,
                restored.iterations_done if restored is not None else 0, cache.lookups, cache.hits)
 
 
-def _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices) -> None:
+def _merge(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The chunks' metrics joined along the iteration axis; ``pieces`` becomes that one piece
+    (so the host-side list stays short however many chunks a run has)."""
     merged = {k: np.concatenate([p[k] for p in pieces], axis=1) for k in pieces[0]}
-    pieces[:] = [merged]  # keep the host-side list short
-    ckpt.save(state, merged, config=config.to_dict(), num_seeds=num_seeds, chunk_size=chunk_size,
+    pieces[:] = [merged]
+    return merged
+
+
+def _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices) -> None:
+    ckpt.save(state, _merge(pieces), config=config.to_dict(), num_seeds=num_seeds, chunk_size=chunk_size,
               hparams=hparams, run_seconds=run_seconds, devices=devices)
 
 
