@@ -150,7 +150,7 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
     from jaxrl.compile_cache import counting
     from jaxrl.loop import make_train, seed_keys
     from jaxrl.metrics import final_return
-    from jaxrl.sweeps import _free_memory
+    from jaxrl.sweeps import free_memory
 
     counts = sorted(set(int(n) for n in seed_counts))
     if not counts or counts[0] < 1:
@@ -176,7 +176,7 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
             compile_seconds = time.perf_counter() - t0
             cached = cache.hits > 0  # loaded from the persistent compilation cache
             needed = program_bytes(compiled)
-            available = memory_limit if memory_limit is not None else _free_memory(device)
+            available = memory_limit if memory_limit is not None else free_memory(device)
             if needed is not None and needed > available:
                 limit = "the memory limit" if memory_limit is not None else f"free on {device.device_kind}"
                 stopped = {"seeds": n, "reason": "memory", "memory_bytes": needed, "available_bytes": int(available),
@@ -247,12 +247,12 @@ def plot_scaling(report: Mapping[str, Any]) -> Figure:
     ``report`` is what :func:`benchmark_all` or :func:`benchmark` returns (or its JSON); one
     line per config, and a config whose curve stopped early says at which count and why.
     """
-    from jaxrl.plots import _pyplot
+    from jaxrl.plots import pyplot
 
     entries = report.get("benchmarks", [report])
     if not any(e["results"] for e in entries):
         raise ValueError("nothing to plot: no seed count was measured")
-    fig, (ax_speed, ax_compile) = _pyplot().subplots(1, 2, figsize=(10, 4))
+    fig, (ax_speed, ax_compile) = pyplot().subplots(1, 2, figsize=(10, 4))
     measured = sorted({r["seeds"] for e in entries for r in e["results"]})
     for entry in entries:
         rows = entry["results"]

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot``, imported on first use; the Agg backend on a Linux machine with no display."""
     headless = sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     )
@@ -39,7 +40,7 @@ def _pyplot() -> Any:
 def _axes(ax: Axes | None, **subplots: Any) -> tuple[Figure, Axes]:
     if ax is not None:
         return ax.figure, ax
-    return _pyplot().subplots(**subplots)
+    return pyplot().subplots(**subplots)
 
 
 # ----------------------------------------------------------------------------- learning curves
@@ -158,7 +159,7 @@ def interval_estimates(aggregate_result: Any, axes: Sequence[Axes] | None = None
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))
     if axes is None:
-        fig, axes = _pyplot().subplots(
+        fig, axes = pyplot().subplots(
             1, len(metrics), figsize=(3 * len(metrics), 0.5 * len(algorithms) + 1.2),
             sharey=True, squeeze=False,
         )
@@ -168,7 +169,7 @@ def interval_estimates(aggregate_result: Any, axes: Sequence[Axes] | None = None
         if len(axes) != len(metrics):
             raise ValueError(f"need one Axes per metric ({len(metrics)}), got {len(axes)}")
         fig = axes[0].figure
-    colors = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes, metrics):
         for row in (r for r in rows if r["metric"] == metric):
             i = algorithms.index(row["algorithm"])
@@ -226,5 +227,5 @@ def save(fig: Figure, path: str | os.PathLike[str], dpi: int = 150, close: bool 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
     if close:
-        _pyplot().close(fig)
+        pyplot().close(fig)
     return path

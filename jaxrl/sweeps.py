@@ -228,7 +228,7 @@ def _host_friendly(x: jax.Array) -> jax.Array:
     return jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
 
 
-def _free_memory(device: jax.Device) -> int:
+def free_memory(device: jax.Device) -> int:
     """Bytes the device can still allocate (host RAM for CPU devices)."""
     stats = device.memory_stats() or {}
     if "bytes_limit" in stats:
@@ -242,7 +242,7 @@ def _auto_batch_size(program, keys, flat_hp, sharding, n_devices: int) -> int:
     probe = (keys[idx], {k: v[idx] for k, v in flat_hp.items()})
     stats = program.lower(*probe).compile().memory_analysis()
     per_run = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes) / n_devices
-    fits = int(_free_memory(sharding.mesh.devices.flat[0]) * n_devices * 0.5 // max(per_run, 1))
+    fits = int(free_memory(sharding.mesh.devices.flat[0]) * n_devices * 0.5 // max(per_run, 1))
     return max(n_devices, fits)
 
 
