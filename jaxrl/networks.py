@@ -14,14 +14,71 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from jaxrl.config import ACTIVATIONS
 
 ACTIVATION_FNS = {name: getattr(nn, name) for name in ACTIVATIONS}
 
 
+class Orthogonal(struct.PyTreeNode, nn.meta.AxisMetadata):
+    """A weight (boxed by :func:`dense`) to be ``gain`` times a random orthogonal matrix.
+
+    ``value`` already holds such a matrix, drawn by this layer alone, so ``module.init`` works
+    as usual (flax unboxes it on use); :func:`init` replaces it with one from a shared draw.
+    """
+
+    value: jax.Array
+    gain: float = struct.field(pytree_node=False)
+
+    def unbox(self) -> jax.Array:
+        return self.value
+
+    def replace_boxed(self, value: jax.Array) -> Orthogonal:
+        return self.replace(value=value)
+
+    def add_axis(self, index: int, params: dict) -> Orthogonal:
+        raise NotImplementedError("jaxrl.networks.dense layers cannot be lifted by nn.vmap or nn.scan")
+
+    remove_axis = add_axis
+
+
 def dense(features: int, gain: float = float(np.sqrt(2))) -> nn.Dense:
-    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(gain), bias_init=nn.initializers.zeros)
+    """A dense layer with an orthogonal ``gain``-scaled kernel and zero bias."""
+    orthogonal = nn.initializers.orthogonal(gain)
+    return nn.Dense(features, bias_init=nn.initializers.zeros,
+                    kernel_init=lambda key, shape, dtype=jnp.float32: Orthogonal(orthogonal(key, shape, dtype), gain))
+
+
+def init(module: nn.Module, key: jax.Array, *inputs: jax.Array) -> dict:
+    """``module.init(key, *inputs)``, unboxed, with every :func:`dense` kernel drawn at once.
+
+    Flax draws each layer's weights with a random call of its own, and XLA compiles each call
+    into kernels of its own: on CPU that was 16% of a PPO program's compile time. Here one normal
+    draw covers all kernels, and matrices of one shape are orthogonalised by one batched QR (the
+    per-layer draws go unused and are dropped when tracing). Same distribution as flax's
+    ``orthogonal(gain)``: Q of the QR of a Gaussian matrix, signs fixed by R's diagonal.
+    """
+    k_init, k_noise = jax.random.split(key)
+    is_box = lambda x: isinstance(x, Orthogonal)  # noqa: E731
+    leaves, tree = jax.tree.flatten(module.init(k_init, *inputs), is_leaf=is_box)
+    groups: dict[tuple[int, int], list[int]] = {}  # (rows >= cols) matrix shape -> leaf indices
+    for i, leaf in enumerate(leaves):
+        if is_box(leaf):
+            n_out = leaf.value.shape[-1]
+            n_in = leaf.value.size // n_out
+            groups.setdefault((max(n_in, n_out), min(n_in, n_out)), []).append(i)
+    sizes = [len(ix) * m * n for (m, n), ix in groups.items()]
+    noise = jnp.split(jax.random.normal(k_noise, (sum(sizes),)), np.cumsum(sizes)[:-1]) if groups else []
+    for ((m, n), ix), flat in zip(groups.items(), noise):
+        q, r = jnp.linalg.qr(flat.reshape(len(ix), m, n))
+        q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
+        for matrix, i in zip(q, ix):
+            box = leaves[i]
+            wide = box.value.shape[-1] > box.value.size // box.value.shape[-1]  # n_in < n_out
+            matrix = matrix.T if wide else matrix
+            leaves[i] = (box.gain * matrix).reshape(box.value.shape).astype(box.value.dtype)
+    return jax.tree.unflatten(tree, leaves)
 
 
 class MLP(nn.Module):

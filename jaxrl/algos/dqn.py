@@ -18,7 +18,7 @@ import optax
 from flax import struct
 
 from jaxrl import config as cfg
-from jaxrl import optim, replay
+from jaxrl import networks, optim, replay
 from jaxrl.loop import Context, Spec, Transition, nan_like
 from jaxrl.networks import QNetwork
 
@@ -91,10 +91,10 @@ def network(ctx: Context) -> QNetwork:
 
 def init(ctx: Context, key: jax.Array) -> State:
     obs = jnp.zeros(ctx.spec.obs_shape, jnp.float32)
-    params = network(ctx).init(key, obs[None])
+    params = networks.init(network(ctx), key, obs[None])
     item = {"obs": obs, "action": jnp.int32(0), "reward": jnp.float32(0),
             "terminated": jnp.bool_(False), "next_obs": obs}
-    return State(params, params, optim.adam(ctx.hp["max_grad_norm"]).init(params),
+    return State(params, params, optim.init(optim.adam(ctx.hp["max_grad_norm"]), params),
                  replay.create(item, ctx.config.buffer_size // ctx.devices), jnp.int32(0))
 
 

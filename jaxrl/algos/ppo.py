@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxrl import config as cfg
-from jaxrl import optim, returns
+from jaxrl import networks, optim, returns
 from jaxrl.loop import Context, Spec, Transition
 from jaxrl.networks import ActorCritic
 
@@ -64,8 +64,8 @@ def network(ctx: Context) -> ActorCritic:
 
 
 def init(ctx: Context, key: jax.Array) -> State:
-    params = network(ctx).init(key, jnp.zeros((1, *ctx.spec.obs_shape)))
-    return State(params, optim.adam(ctx.hp["max_grad_norm"]).init(params))
+    params = networks.init(network(ctx), key, jnp.zeros((1, *ctx.spec.obs_shape)))
+    return State(params, optim.init(optim.adam(ctx.hp["max_grad_norm"]), params))
 
 
 def act(ctx: Context, agent: State, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, dict]:
