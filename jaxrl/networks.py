@@ -2,11 +2,13 @@
 
 linen + ``jax.jit`` measured fastest for the small networks RL uses (see STACK-NOTES). Weights
 use orthogonal initialisation with the usual gains: sqrt(2) for hidden layers, 0.01 for policy
-logits/means (a near-uniform initial policy) and 1.0 for values.
+logits/means (a near-uniform initial policy) and 1.0 for values; :func:`init` builds a
+network's params with all those random matrices drawn in one call.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import distrax
@@ -46,18 +48,26 @@ class Orthogonal(struct.PyTreeNode, nn.meta.AxisMetadata):
 def dense(features: int, gain: float = float(np.sqrt(2))) -> nn.Dense:
     """A dense layer with an orthogonal ``gain``-scaled kernel and zero bias."""
     orthogonal = nn.initializers.orthogonal(gain)
-    return nn.Dense(features, bias_init=nn.initializers.zeros,
-                    kernel_init=lambda key, shape, dtype=jnp.float32: Orthogonal(orthogonal(key, shape, dtype), gain))
+
+    def kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Orthogonal:
+        return Orthogonal(orthogonal(key, shape, dtype), gain)
+
+    return nn.Dense(features, kernel_init=kernel_init, bias_init=nn.initializers.zeros)
+
+
+def _inputs_outputs(shape: tuple[int, ...]) -> tuple[int, int]:
+    """A kernel as a matrix, as flax's orthogonal sees it: (all axes but the last, the last)."""
+    return math.prod(shape[:-1]), shape[-1]
 
 
 def init(module: nn.Module, key: jax.Array, *inputs: jax.Array) -> dict:
     """``module.init(key, *inputs)``, unboxed, with every :func:`dense` kernel drawn at once.
 
     Flax draws each layer's weights with a random call of its own, and XLA compiles each call
-    into kernels of its own: on CPU that was 16% of a PPO program's compile time. Here one normal
-    draw covers all kernels, and matrices of one shape are orthogonalised by one batched QR (the
-    per-layer draws go unused and are dropped when tracing). Same distribution as flax's
-    ``orthogonal(gain)``: Q of the QR of a Gaussian matrix, signs fixed by R's diagonal.
+    into kernels of its own: on a 2-core CPU that was 16% of a PPO program's compile time. Here
+    one normal draw covers all kernels, and matrices of one shape are orthogonalised by one
+    batched QR (the per-layer draws go unused and are dropped when tracing). Same distribution
+    as flax's ``orthogonal(gain)``: Q of the QR of a Gaussian matrix, signs fixed by R's diagonal.
     """
     k_init, k_noise = jax.random.split(key)
     is_box = lambda x: isinstance(x, Orthogonal)  # noqa: E731
@@ -65,9 +75,7 @@ def init(module: nn.Module, key: jax.Array, *inputs: jax.Array) -> dict:
     groups: dict[tuple[int, int], list[int]] = {}  # (rows >= cols) matrix shape -> leaf indices
     for i, leaf in enumerate(leaves):
         if is_box(leaf):
-            n_out = leaf.value.shape[-1]
-            n_in = leaf.value.size // n_out
-            groups.setdefault((max(n_in, n_out), min(n_in, n_out)), []).append(i)
+            groups.setdefault(tuple(sorted(_inputs_outputs(leaf.value.shape), reverse=True)), []).append(i)
     sizes = [len(ix) * m * n for (m, n), ix in groups.items()]
     noise = jnp.split(jax.random.normal(k_noise, (sum(sizes),)), np.cumsum(sizes)[:-1]) if groups else []
     for ((m, n), ix), flat in zip(groups.items(), noise):
@@ -75,8 +83,8 @@ def init(module: nn.Module, key: jax.Array, *inputs: jax.Array) -> dict:
         q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
         for matrix, i in zip(q, ix):
             box = leaves[i]
-            wide = box.value.shape[-1] > box.value.size // box.value.shape[-1]  # n_in < n_out
-            matrix = matrix.T if wide else matrix
+            n_in, n_out = _inputs_outputs(box.value.shape)
+            matrix = matrix.T if n_in < n_out else matrix
             leaves[i] = (box.gain * matrix).reshape(box.value.shape).astype(box.value.dtype)
     return jax.tree.unflatten(tree, leaves)
 

@@ -40,10 +40,11 @@ def gradient_step(
     """One descent step on ``loss_fn(params, *batch) -> (loss, aux metrics)``.
 
     ``opt_state`` comes from :func:`init`. Returns new params, optimizer state and the metrics
-    (``loss``, ``grad_norm`` before clipping, and the aux dict). With ``axis`` (inside ``jax.shard_map``, data parallel), each
-    device holds its share of the batch: the gradients and metrics are averaged over the
-    devices on ``axis``, so the step equals one on the whole batch (for a loss that averages
-    over its items) and leaves the replicated params identical on every device.
+    (``loss``, ``grad_norm`` before clipping, and the aux dict). With ``axis`` (inside
+    ``jax.shard_map``, data parallel), each device holds its share of the batch: the gradients
+    and metrics are averaged over the devices on ``axis``, so the step equals one on the whole
+    batch (for a loss that averages over its items) and leaves the replicated params identical
+    on every device.
     """
     flat, unravel = ravel_pytree(params)
     flat_in = flat
@@ -54,7 +55,8 @@ def gradient_step(
         # would give D times the mean gradient. With varying params the gradient is this device's
         # own, and the explicit pmean below is the average.
         flat_in = jax.lax.pcast(flat, axis, to="varying")
-    (loss, aux), grads = jax.value_and_grad(lambda p, *b: loss_fn(unravel(p), *b), has_aux=True)(flat_in, *batch)
+    flat_loss = lambda p, *b: loss_fn(unravel(p), *b)  # noqa: E731
+    (loss, aux), grads = jax.value_and_grad(flat_loss, has_aux=True)(flat_in, *batch)
     if axis is not None:
         grads, loss, aux = jax.lax.pmean((grads, loss, aux), axis)
     updates, opt_state = tx.update(grads, opt_state, flat)
