@@ -65,25 +65,30 @@ def init(module: nn.Module, key: jax.Array, *inputs: jax.Array) -> dict:
 
     Flax draws each layer's weights with a random call of its own, and XLA compiles each call
     into kernels of its own: on a 2-core CPU that was 16% of a PPO program's compile time. Here
-    one normal draw covers all kernels, and matrices of one shape are orthogonalised by one
+    one normal draw covers all kernels, and matrices with as many rows are orthogonalised by one
     batched QR (the per-layer draws go unused and are dropped when tracing). Same distribution
     as flax's ``orthogonal(gain)``: Q of the QR of a Gaussian matrix, signs fixed by R's diagonal.
     """
     k_init, k_noise = jax.random.split(key)
     is_box = lambda x: isinstance(x, Orthogonal)  # noqa: E731
     leaves, tree = jax.tree.flatten(module.init(k_init, *inputs), is_leaf=is_box)
-    groups: dict[tuple[int, int], list[int]] = {}  # (rows >= cols) matrix shape -> leaf indices
+    # A kernel is a (rows >= cols) matrix, transposed when wide. Kernels with the same rows
+    # share one batched QR at the group's widest cols: the first cols columns of Q from the QR
+    # of a Gaussian matrix are Q from the QR of its first cols columns.
+    groups: dict[int, list[int]] = {}  # rows -> leaf indices
     for i, leaf in enumerate(leaves):
         if is_box(leaf):
-            groups.setdefault(tuple(sorted(_inputs_outputs(leaf.value.shape), reverse=True)), []).append(i)
-    sizes = [len(ix) * m * n for (m, n), ix in groups.items()]
+            groups.setdefault(max(_inputs_outputs(leaf.value.shape)), []).append(i)
+    widths = {m: max(min(_inputs_outputs(leaves[i].value.shape)) for i in ix) for m, ix in groups.items()}
+    sizes = [len(ix) * m * widths[m] for m, ix in groups.items()]
     noise = jnp.split(jax.random.normal(k_noise, (sum(sizes),)), np.cumsum(sizes)[:-1]) if groups else []
-    for ((m, n), ix), flat in zip(groups.items(), noise):
-        q, r = jnp.linalg.qr(flat.reshape(len(ix), m, n))
+    for (m, ix), flat in zip(groups.items(), noise):
+        q, r = jnp.linalg.qr(flat.reshape(len(ix), m, widths[m]))
         q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
         for matrix, i in zip(q, ix):
             box = leaves[i]
             n_in, n_out = _inputs_outputs(box.value.shape)
+            matrix = matrix[:, :min(n_in, n_out)]
             matrix = matrix.T if n_in < n_out else matrix
             leaves[i] = (box.gain * matrix).reshape(box.value.shape).astype(box.value.dtype)
     return jax.tree.unflatten(tree, leaves)
