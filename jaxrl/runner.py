@@ -14,7 +14,7 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,17 @@ def train_seeds(
             bar = ProgressBar(n_iters, done, num_seeds, config.steps_per_iteration)
             cleanup.callback(bar.close)
         saved = done if restored is not None else -1
+
+        @contextlib.contextmanager
+        def checkpoint_time() -> Iterator[None]:
+            """Host time spent on checkpoints: counted as run time, and reported apart."""
+            nonlocal run_seconds, checkpoint_seconds
+            t0 = time.perf_counter()
+            yield
+            dt = time.perf_counter() - t0
+            run_seconds += dt
+            checkpoint_seconds += dt
+
         last_save = time.perf_counter()
         for n_chunk, first in enumerate(range(done, n_iters, chunk_size), 1):
             t0 = time.perf_counter()
@@ -221,21 +232,16 @@ def train_seeds(
             due = (checkpoint_every and n_chunk % checkpoint_every == 0
                    and time.perf_counter() - last_save >= checkpoint_min_seconds)
             if ckpt is not None and (due or done == n_iters):
-                t0 = last_save = time.perf_counter()
-                # In the background; the host copy and the wait for the previous save count here.
-                _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices)
+                last_save = time.perf_counter()
+                # saved in the background: the host copy and the wait for the previous save count here
+                with checkpoint_time():
+                    _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices)
                 saved = done
-                dt = time.perf_counter() - t0
-                run_seconds += dt
-                checkpoint_seconds += dt
         if ckpt is not None and saved != done:  # e.g. resumed from a checkpoint of a finished run
             _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices)
         if ckpt is not None:
-            t0 = time.perf_counter()
-            ckpt.wait()  # the last save must be on disk before we return (re-raises its error)
-            dt = time.perf_counter() - t0
-            run_seconds += dt
-            checkpoint_seconds += dt
+            with checkpoint_time():
+                ckpt.wait()  # the last save must be on disk before we return (re-raises its error)
     merged = _merge(pieces)
     return Run(config, num_seeds, state, merged, compile_seconds, run_seconds, checkpoint_seconds,
                restored.iterations_done if restored is not None else 0, cache.lookups, cache.hits)
