@@ -75,19 +75,19 @@ def init(module: nn.Module, key: jax.Array, *inputs: jax.Array) -> dict:
     # A kernel is a (rows >= cols) matrix, transposed when wide. Kernels with the same rows
     # share one batched QR at the group's widest cols: the first cols columns of Q from the QR
     # of a Gaussian matrix are Q from the QR of its first cols columns.
-    groups: dict[int, list[int]] = {}  # rows -> leaf indices
+    groups: dict[int, list[tuple[int, int, int]]] = {}  # rows -> (leaf index, n_in, n_out)
     for i, leaf in enumerate(leaves):
         if is_box(leaf):
-            groups.setdefault(max(_inputs_outputs(leaf.value.shape)), []).append(i)
-    widths = {m: max(min(_inputs_outputs(leaves[i].value.shape)) for i in ix) for m, ix in groups.items()}
-    sizes = [len(ix) * m * widths[m] for m, ix in groups.items()]
+            n_in, n_out = _inputs_outputs(leaf.value.shape)
+            groups.setdefault(max(n_in, n_out), []).append((i, n_in, n_out))
+    widths = {m: max(min(n_in, n_out) for _, n_in, n_out in kernels) for m, kernels in groups.items()}
+    sizes = [len(kernels) * m * widths[m] for m, kernels in groups.items()]
     noise = jnp.split(jax.random.normal(k_noise, (sum(sizes),)), np.cumsum(sizes)[:-1]) if groups else []
-    for (m, ix), flat in zip(groups.items(), noise):
-        q, r = jnp.linalg.qr(flat.reshape(len(ix), m, widths[m]))
+    for (m, kernels), flat in zip(groups.items(), noise):
+        q, r = jnp.linalg.qr(flat.reshape(len(kernels), m, widths[m]))
         q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
-        for matrix, i in zip(q, ix):
+        for matrix, (i, n_in, n_out) in zip(q, kernels):
             box = leaves[i]
-            n_in, n_out = _inputs_outputs(box.value.shape)
             matrix = matrix[:, :min(n_in, n_out)]
             matrix = matrix.T if n_in < n_out else matrix
             leaves[i] = (box.gain * matrix).reshape(box.value.shape).astype(box.value.dtype)
