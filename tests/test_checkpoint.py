@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-
 import json
 import os
 import shutil
+import signal
+import threading
 
 import jax
 import numpy as np
