@@ -11,7 +11,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -20,7 +19,8 @@ import numpy as np
 import yaml
 
 from jaxrl.compile_cache import counting, enable_compilation_cache
-from jaxrl.config import ConfigError, RoundingWarning, algo_names, config_names, load_config, parse_overrides
+from jaxrl.config import (ConfigError, RoundingWarning, algo_names, config_names, load_config, parse_grid,
+                          parse_overrides)
 
 EPILOG = """\
 NAME_OR_PATH is a bundled config name (see `jaxrl list`) or a path to a YAML file.
@@ -348,24 +348,6 @@ def _train(args: argparse.Namespace, config) -> int:
           f"{run.steps_per_second:,.0f} env steps/s ({args.seeds} seed(s) together)")
     print(f"run folder: {run_dir}")
     return 0
-
-
-def parse_grid(items: list[str]) -> dict[str, list]:
-    """``["lr=1e-4,3e-4", "hidden=[32,32],[64,64]"]`` -> ``{"lr": [1e-4, 3e-4], "hidden": [[32, 32], [64, 64]]}``."""
-    grid: dict[str, list] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key or not raw:
-            raise ConfigError(f"--grid item {item!r} is not of the form key=v1,v2,...")
-        grid[key] = [_grid_value(v) for v in re.split(r",(?![^\[]*\])", raw)]
-    return grid
-
-
-def _grid_value(text: str):
-    try:
-        return float(text) if any(c in text for c in ".eE") else int(text)
-    except ValueError:
-        return yaml.safe_load(text)
 
 
 def _sweep(args: argparse.Namespace, config) -> int:

@@ -14,6 +14,7 @@ import importlib
 import importlib.resources
 import math
 import pkgutil
+import re
 import types
 import typing
 from pathlib import Path
@@ -196,6 +197,24 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """``["lr=1e-4,3e-4", "hidden=[32,32],[64,64]"]`` -> ``{"lr": [1e-4, 3e-4], "hidden": [[32, 32], [64, 64]]}``."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or not raw:
+            raise ConfigError(f"--grid item {item!r} is not of the form key=v1,v2,...")
+        grid[key] = [_grid_value(v) for v in re.split(r",(?![^\[]*\])", raw)]
+    return grid
+
+
+def _grid_value(text: str):
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        return yaml.safe_load(text)
 
 
 def load_config(name_or_path: str | Path, **overrides: Any) -> Config:
