@@ -5,10 +5,15 @@
     obs, state = env.reset(key, params)
     obs, state, reward, terminated, truncated, info = env.step(key, state, action, params)
 
+Environments of one's own: subclass `Environment`, then `register("name", factory)`, or name
+the factory by its import path, `make("my_envs:make_corridor")`; `check(env, params)` tests an
+env against the contract (done automatically for import paths).
+
 Importing this package is cheap: gymnax and brax are imported only when one of their
 environments is made.
 """
 
+from .checker import EnvCheckError, check
 from .core import EmptyParams, Environment
 from .registry import make, register, registered
 from .spaces import Box, Discrete, Space
@@ -29,6 +34,7 @@ __all__ = [
     "ClipAction",
     "Discrete",
     "EmptyParams",
+    "EnvCheckError",
     "Environment",
     "EpisodeStats",
     "FlattenObservation",
@@ -36,6 +42,7 @@ __all__ = [
     "Space",
     "TimeLimit",
     "Wrapper",
+    "check",
     "make",
     "register",
     "registered",

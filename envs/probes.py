@@ -18,8 +18,24 @@ action space (`Discrete(2)`) and a continuous one (`Box(-1, 1, (1,))`, name suff
 In the action probes V = 1 under the optimal action a*. In the discrete action probes
 Q*(a*) = +1 and Q*(other action) = -1.
 
-`optimal_value` and `optimal_action` compute the optima, so tests can compare learned values
-and actions against them.
+Two options (keyword arguments of `make`, e.g. `make("probe/constant", max_steps=5)`):
+
+- `max_steps=N` (a time limit) tests bootstrapping at truncations: the episode never
+  terminates and is *truncated* after N steps. Every step pays the reward of the table (the
+  random sign of `obs`/`obs-action` is drawn once per episode; `discount` pays 0 on its first
+  step and +1 on every later one, its obs staying [1]). The time left is not observed, so the
+  value a learner should find is the infinite-horizon one: every V and Q above becomes
+  `r / (1 - γ)` for the per-step reward r (V = 1/(1-γ) in `constant`, `obs`/(1-γ) in `obs`,
+  γ/(1-γ) then 1/(1-γ) in `discount`; Q*(a) = r(a) + γ/(1-γ) in the action probes). A learner
+  that treats truncation as termination learns the mean of partial sums instead, much lower.
+- `constant_obs=True` shows the observation [0] whatever the state, hiding the random sign of
+  `obs`/`obs-action` and the step of `discount`. V*([0]) is then the expectation over the
+  hidden sign (0 in `obs`; in `obs-action` 0 for discrete actions, any of which is as good,
+  and 1 - 0.5² = 0.75 per step at a* = 0 for continuous ones); in `discount` it depends on the
+  hidden step, so there is no single V*([0]).
+
+`optimal_value` and `optimal_action` compute the optima (taking the same options), so tests
+can compare learned values and actions against them.
 """
 
 from __future__ import annotations
@@ -41,25 +57,69 @@ _ACTION_DEPENDENT = ("action", "obs-action")
 CONTINUOUS_TARGET = 0.5
 # Episode lengths of the probes that last more than one step.
 HORIZON = {"discount": 2}
+# Keyword arguments every probe takes (see the module docstring).
+PROBE_OPTIONS: tuple[str, ...] = ("max_steps", "constant_obs")
 
 
-def optimal_value(kind: str, obs: jax.Array, gamma: float) -> jax.Array:
-    """V*(obs) of probe `kind` under discount `gamma` (obs is the probe's `(…, 1)` obs)."""
+def optimal_value(
+    kind: str,
+    obs: jax.Array,
+    gamma: float,
+    *,
+    max_steps: int | None = None,
+    constant_obs: bool = False,
+    continuous: bool = False,
+) -> jax.Array:
+    """V*(obs) of probe `kind` under discount `gamma` (obs is the probe's `(…, 1)` obs).
+
+    `max_steps` and `constant_obs` are the probe's options (see the module docstring): with a
+    time limit the value is the infinite-horizon one, whatever `max_steps` is. `continuous`
+    matters only for `obs-action` with `constant_obs`.
+    """
+    if kind not in PROBES:
+        raise ValueError(f"Unknown probe {kind!r}; available: {list(PROBES)}")
+    if constant_obs and kind == "discount":
+        raise ValueError("probe/discount with constant_obs has no single V*([0]): the value depends "
+                         "on the hidden step (γ on the first, 1 after)")
+    if max_steps is not None and not 0.0 <= gamma < 1.0:
+        raise ValueError(f"With a time limit (max_steps) the value is infinite-horizon: needs 0 <= gamma < 1, "
+                         f"got {gamma}")
     x = jnp.asarray(obs, jnp.float32)[..., 0]
+    # Stationary rewards summed over an unbounded horizon: r, r, r, ... is worth r / (1 - γ).
+    horizon_scale = 1.0 if max_steps is None else 1.0 / (1.0 - gamma)
     if kind == "obs":
-        return x
-    if kind == "discount":
-        return jnp.where(x == 0.0, gamma, 1.0)
-    if kind in PROBES:
-        return jnp.ones_like(x)
-    raise ValueError(f"Unknown probe {kind!r}; available: {list(PROBES)}")
+        per_step = jnp.zeros_like(x) if constant_obs else x
+    elif kind == "discount":
+        per_step = jnp.where(x == 0.0, gamma, 1.0)  # [0] pays 0 then +1 from the next step on
+    elif kind == "obs-action" and constant_obs:  # the best action blind to the sign
+        per_step = jnp.full_like(x, 1.0 - CONTINUOUS_TARGET**2 if continuous else 0.0)
+    else:
+        per_step = jnp.ones_like(x)
+    return per_step * horizon_scale
 
 
-def optimal_action(kind: str, obs: jax.Array, continuous: bool) -> jax.Array:
-    """The unique best action in `obs` for the action-dependent probes."""
+def optimal_action(
+    kind: str,
+    obs: jax.Array,
+    continuous: bool,
+    *,
+    max_steps: int | None = None,
+    constant_obs: bool = False,
+) -> jax.Array:
+    """The unique best action in `obs` for the action-dependent probes.
+
+    A time limit (`max_steps`) does not change it. With `constant_obs`, `obs-action`'s best
+    continuous action is 0 (the sign is hidden) and no discrete action is better than the other.
+    """
+    del max_steps  # accepted so the probe's keyword arguments can be passed through
     if kind not in _ACTION_DEPENDENT:
         raise ValueError(f"Every action is optimal in probe {kind!r}; try {_ACTION_DEPENDENT}")
     x = jnp.asarray(obs, jnp.float32)[..., 0]
+    if kind == "obs-action" and constant_obs:
+        if not continuous:
+            raise ValueError("probe/obs-action with constant_obs: both discrete actions are equally good "
+                             "(expected reward 0), so there is no unique best action")
+        return jnp.zeros_like(x)[..., None]
     sign = x if kind == "obs-action" else jnp.ones_like(x)
     if continuous:
         return (CONTINUOUS_TARGET * sign)[..., None]
@@ -73,33 +133,55 @@ class ProbeState:
 
 
 class ProbeEnv(Environment):
-    """One probe MDP (see the module docstring for the table of rewards and optima)."""
+    """One probe MDP (see the module docstring for the table of rewards, optima and options).
 
-    def __init__(self, kind: str, continuous: bool = False):
+    `state.obs` is the true observation (the random sign, or the step of `discount`); with
+    `constant_obs` the agent is shown [0] instead.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        continuous: bool = False,
+        max_steps: int | None = None,
+        constant_obs: bool = False,
+    ):
         if kind not in PROBES:
             raise ValueError(f"Unknown probe {kind!r}; available: {list(PROBES)}")
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
+                                      or max_steps < 1):
+            raise ValueError(f"Probe max_steps must be an integer >= 1 (or None for no time limit), "
+                             f"got {max_steps!r}")
+        if not isinstance(constant_obs, bool):
+            raise ValueError(f"Probe constant_obs must be true or false, got {constant_obs!r}")
         self.kind = kind
         self.continuous = continuous
         self.horizon = HORIZON.get(kind, 1)
+        self.max_steps = max_steps
+        self.constant_obs = constant_obs
 
     @property
     def name(self) -> str:
         return f"probe/{self.kind}" + ("-continuous" if self.continuous else "")
+
+    def _shown(self, obs: jax.Array) -> jax.Array:
+        """What the agent observes of the true observation `obs`."""
+        return jnp.zeros_like(obs) if self.constant_obs else obs
 
     def reset(self, key: jax.Array, params: Params) -> tuple[jax.Array, ProbeState]:
         if self.kind in _SIGNED_OBS:
             obs = jnp.where(jax.random.bernoulli(key), 1.0, -1.0)[None].astype(jnp.float32)
         else:
             obs = jnp.zeros((1,), jnp.float32)
-        return obs, ProbeState(obs, jnp.zeros((), jnp.int32))
+        return self._shown(obs), ProbeState(obs, jnp.zeros((), jnp.int32))
 
     def _reward(self, state: ProbeState, action: jax.Array) -> jax.Array:
         if self.kind == "constant":
             return jnp.ones(())
         if self.kind == "obs":
             return state.obs[0]
-        if self.kind == "discount":
-            return jnp.where(state.time == self.horizon - 1, 1.0, 0.0)
+        if self.kind == "discount":  # 0 on the first step, +1 on every later one
+            return jnp.where(state.time >= self.horizon - 1, 1.0, 0.0)
         best = optimal_action(self.kind, state.obs, self.continuous)
         if self.continuous:
             return 1.0 - jnp.sum(jnp.square(jnp.asarray(action, jnp.float32) - best))
@@ -112,9 +194,13 @@ class ProbeEnv(Environment):
         # Only the two-step probe moves: [0] -> [1].
         obs = jnp.ones((1,), jnp.float32) if self.kind == "discount" else state.obs
         reward = self._reward(state, action).astype(jnp.float32)
-        terminated = time >= self.horizon
-        truncated = jnp.zeros((), jnp.bool_)
-        return obs, ProbeState(obs, time), reward, terminated, truncated, {}
+        if self.max_steps is None:
+            terminated = time >= self.horizon
+            truncated = jnp.zeros((), jnp.bool_)
+        else:  # a time limit instead of the end of the MDP
+            terminated = jnp.zeros((), jnp.bool_)
+            truncated = time >= self.max_steps
+        return self._shown(obs), ProbeState(obs, time), reward, terminated, truncated, {}
 
     def observation_space(self, params: Params) -> Box:
         return Box(-1.0, 1.0, (1,))
@@ -128,16 +214,17 @@ def probe_names() -> list[str]:
     return [f"probe/{kind}{suffix}" for kind in PROBES for suffix in ("", "-continuous")]
 
 
-def make_probe(name: str) -> ProbeEnv:
-    """Builds a probe from its registry name, e.g. `probe/action-continuous`."""
+def make_probe(name: str, max_steps: int | None = None, constant_obs: bool = False) -> ProbeEnv:
+    """Builds a probe from its registry name, e.g. `probe/action-continuous`, with its options."""
     kind = name.removeprefix("probe/")
     continuous = kind.endswith("-continuous")
-    return ProbeEnv(kind.removesuffix("-continuous"), continuous)
+    return ProbeEnv(kind.removesuffix("-continuous"), continuous, max_steps, constant_obs)
 
 
 __all__ = [
     "CONTINUOUS_TARGET",
     "PROBES",
+    "PROBE_OPTIONS",
     "ProbeEnv",
     "ProbeState",
     "make_probe",
