@@ -8,8 +8,10 @@ A checkpoint is one orbax step directory ``<dir>/<iterations_done>/`` holding th
   again on restore with the impl recorded in ``meta``.
 - ``history``: every per-iteration metric so far, ``(seeds, iterations_done)`` NumPy arrays.
 - ``meta`` (JSON): ``iterations_done``, ``num_seeds``, ``chunk_size``, the resolved config as a
-  dict, the traced ``hparams`` overrides, accumulated ``run_seconds``, the ``score``, the
-  metric shapes/dtypes and ``devices`` (how many devices each seed's envs were split over).
+  dict, the traced ``hparams`` overrides, accumulated ``run_seconds``, the ``score``, ``diverged``
+  (per seed: None while that seed's learner is finite, else the first iteration at which it was
+  not; missing in older checkpoints, which count as finite), the metric shapes/dtypes and
+  ``devices`` (how many devices each seed's envs were split over).
 
 Atomicity: orbax writes each step into ``<step>.orbax-checkpoint-tmp-*`` and renames it to
 ``<step>`` only once every item is written (a rename is atomic on a local file system), so a
@@ -18,10 +20,25 @@ removed the next time a :class:`Checkpointer` is opened. On top of that, :meth:`
 falls back to the next older step if the newest cannot be read (e.g. damaged by hand or by a
 failing disk), warning about it.
 
-Retention: the last ``keep`` steps plus the best one. "Best" = the highest ``score``, which is
-the mean over seeds of :func:`jaxrl.metrics.final_return` of the metrics so far (mean return of
-the episodes finished in the last 5 % of the iterations done at save time); a step whose score
-is NaN (no episode finished in that window for any seed) ranks below every other.
+Retention is ours, not orbax's, and is derived only from what is on disk, so a resumed run keeps
+exactly the steps an uninterrupted one keeps. After each successful save, every step on disk is
+kept that is
+
+- one of the last ``keep`` steps;
+- the best one (with ``keep_best``): the highest ``score`` in its ``meta``, which is the mean over
+  seeds of :func:`jaxrl.metrics.final_return` of the metrics so far; a step whose score is NaN (no
+  episode finished yet for any seed) ranks below every other, and ties go to the later step
+  (:meth:`Checkpointer.best_step`);
+- the last finite one: the newest step in which no seed had diverged
+  (:meth:`Checkpointer.last_finite_step`), so a run that blew up can go back to before it did.
+
+The others are deleted, each by renaming it to a tmp directory first (atomic: a reader never lists
+a half-deleted step; one left over by a kill is removed like any tmp directory) and then removing
+that. Scores and divergence are read from each step's ``meta`` once and cached; a new
+:class:`Checkpointer` (e.g. on resume) reads them again from disk. A step that fails all three
+tests never passes one again once newer steps are saved, so pruning after every save keeps the
+same steps as pruning once at the end: an interrupted run (pruned at other times, or once less)
+ends with the same steps as an uninterrupted one.
 
 Saving in the background (``async_save=True``, what the runner uses): :meth:`Checkpointer.save`
 copies the state to host memory (small: parameters, optimizer moments, env states) and hands it to
@@ -44,10 +61,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import shutil
 import threading
+import uuid
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +80,7 @@ from jaxrl import metrics as M
 CHECKPOINT_SUBDIR = "checkpoints"  # where ``jaxrl train`` keeps them inside a run folder
 NAN_SCORE = -1e30  # what a NaN score ranks as for "best"
 ABANDON_SAVE_SECONDS = 60.0  # after an error, how long to wait for a background save to finish
+TMP_DIR_SUFFIX = ocp.path.step.TMP_DIR_SUFFIX  # marks a directory orbax neither lists nor keeps
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +138,32 @@ def score(metrics: dict[str, np.ndarray]) -> float:
     return float(np.nanmean(final)) if not np.all(np.isnan(final)) else float("nan")
 
 
+class _Rank(NamedTuple):
+    """What retention needs to know of one step, read from its ``meta``."""
+
+    score: float  # NAN_SCORE for a NaN score, -inf for a step whose meta cannot be read
+    finite: bool  # no seed had diverged (False for an unreadable meta: not known to be)
+
+
+def _rank_of(meta: dict[str, Any]) -> _Rank:
+    s = meta.get("score")
+    finite = all(d is None for d in meta.get("diverged") or [])  # missing: an older checkpoint
+    return _Rank(NAN_SCORE if s is None or math.isnan(s) else float(s), finite)
+
+
+def _check_diverged(diverged: Sequence[int | None] | None, num_seeds: int) -> list[int | None] | None:
+    """``diverged`` as plain JSON (ints and Nones), or a ValueError if it is not one entry per seed."""
+    if diverged is None:
+        return None
+    diverged = list(diverged)
+    if len(diverged) != num_seeds:
+        raise ValueError(f"diverged must have one entry per seed ({num_seeds}), got {len(diverged)}")
+    for d in diverged:
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0):
+            raise ValueError(f"diverged entries must be None (finite) or an iteration >= 0, got {diverged}")
+    return [None if d is None else int(d) for d in diverged]
+
+
 # --------------------------------------------------------------------------- checkpointer
 @dataclasses.dataclass
 class Restored:
@@ -134,9 +181,10 @@ class Checkpointer:
     """Saves and restores training checkpoints in ``directory`` (an orbax CheckpointManager).
 
     ``keep``: how many of the latest steps to keep; the best-scoring step is kept as well when
-    ``keep_best``. ``async_save``: write in a background thread while training goes on (each
-    save first waits for the previous one; :meth:`wait` re-raises a failed save; use it as a
-    context manager or call :meth:`close` at the end, which waits for the last save).
+    ``keep_best``, and the last finite one always (see the module's Retention). ``async_save``:
+    write in a background thread while training goes on (each save first waits for the previous
+    one; :meth:`wait` re-raises a failed save; use it as a context manager or call :meth:`close`
+    at the end, which waits for the last save).
     """
 
     def __init__(self, directory: str | Path, keep: int = 2, keep_best: bool = True,
@@ -144,16 +192,16 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.directory = Path(directory).absolute()
-        policies: list[Any] = [ocm.preservation_policy.LatestN(n=keep)]
-        if keep_best:
-            policies.append(ocm.preservation_policy.BestN(
-                get_metric_fn=lambda m: m["score"], reverse=False, n=1,
-                keep_checkpoints_without_metrics=False))
+        self.keep, self.keep_best = keep, keep_best
+        # orbax deletes nothing: its preservation policies rank by metrics it keeps only in memory
+        # (unless given a best_fn), so after a reopen they no longer knew the best step; we prune
+        # ourselves from what is on disk (see _prune)
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocm.preservation_policy.AnyPreservationPolicy(policies),
+            preservation_policy=ocm.preservation_policy.PreserveAll(),
             enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
             create=not read_only, read_only=read_only)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._ranks: dict[int, _Rank] = {}  # per step on disk, read from its meta once
         self._async = async_save
         self._writer: threading.Thread | None = None
         # set by the writer when its save is over; waited on instead of Thread.join, which a
@@ -166,6 +214,9 @@ class Checkpointer:
     def steps(self) -> list[int]:
         """Complete checkpoints, oldest first (tmp directories of unfinished saves excluded)."""
         self.wait()
+        return self._steps_on_disk()
+
+    def _steps_on_disk(self) -> list[int]:
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
@@ -178,27 +229,99 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         self.wait()
+        return self._read_meta(step)
+
+    def _read_meta(self, step: int) -> dict[str, Any]:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def best_step(self) -> int | None:
         """The step with the highest score (NaN ranks lowest; ties go to the later step)."""
+        self.wait()
+        steps = self._steps_on_disk()
+        return self._best(steps, self._ranks_of(steps))
+
+    def last_finite_step(self) -> int | None:
+        """The newest step in which no seed had diverged (None if there is none)."""
+        self.wait()
+        steps = self._steps_on_disk()
+        return self._last_finite(steps, self._ranks_of(steps))
+
+    # -- retention (see the module docstring)
+    def _ranks_of(self, steps: list[int]) -> dict[int, _Rank]:
+        """Rank of each of ``steps``: from the cache, else read from its meta (and cached)."""
+        for gone in set(self._ranks) - set(steps):
+            del self._ranks[gone]
+        for step in steps:
+            if step not in self._ranks:
+                try:
+                    self._ranks[step] = _rank_of(self._read_meta(step))
+                except Exception as err:  # noqa: BLE001 - a damaged step must not stop the others
+                    warnings.warn(f"checkpoint {self.directory / str(step)} has no readable meta "
+                                  f"({type(err).__name__}: {err}); ranking it lowest", stacklevel=2)
+                    self._ranks[step] = _Rank(-math.inf, False)
+        return {step: self._ranks[step] for step in steps}
+
+    @staticmethod
+    def _best(steps: list[int], ranks: dict[int, _Rank]) -> int | None:
         best, best_score = None, -math.inf
-        for step in self.steps():
-            s = self.meta(step)["score"]
-            s = NAN_SCORE if s is None or math.isnan(s) else s
-            if s >= best_score:
-                best, best_score = step, s
+        for step in steps:  # oldest first: ">=" gives ties to the later step
+            if ranks[step].score >= best_score:
+                best, best_score = step, ranks[step].score
         return best
+
+    @staticmethod
+    def _last_finite(steps: list[int], ranks: dict[int, _Rank]) -> int | None:
+        return next((step for step in reversed(steps) if ranks[step].finite), None)
+
+    def _retained(self, steps: list[int]) -> set[int]:
+        """Which of ``steps`` (oldest first) retention keeps."""
+        ranks = self._ranks_of(steps)
+        keep = set(steps[-self.keep:])
+        if self.keep_best:
+            keep.add(self._best(steps, ranks))
+        keep.add(self._last_finite(steps, ranks))
+        keep.discard(None)
+        return keep
+
+    def _prune(self) -> None:
+        """Delete the steps retention does not keep (called right after each save)."""
+        steps = self._steps_on_disk()
+        keep = self._retained(steps)
+        try:
+            for step in steps:
+                if step not in keep:
+                    self._delete(step)
+                    del self._ranks[step]
+        finally:
+            self._manager.reload()  # the manager's list of steps follows the disk again
+
+    def _delete(self, step: int) -> None:
+        """Delete one step: renamed to a tmp directory first (atomic; the name alone hides it from
+        every reader, and one left behind by a kill is cleaned up on the next open), then removed."""
+        path = self.directory / str(step)
+        doomed = path.with_name(f"{step}{TMP_DIR_SUFFIX}-deleted-{uuid.uuid4().hex[:8]}")
+        try:
+            path.rename(doomed)
+            shutil.rmtree(doomed)
+        except OSError as err:
+            raise OSError(f"could not delete the old checkpoint {path} (kept by no retention rule): "
+                          f"{err}") from err
 
     # -- save / restore
     def save(self, state: Any, metrics: dict[str, np.ndarray], *, config: dict[str, Any],
              num_seeds: int, chunk_size: int, hparams: dict[str, Any] | None = None,
-             run_seconds: float = 0.0, devices: int = 1) -> int:
+             run_seconds: float = 0.0, devices: int = 1,
+             diverged: Sequence[int | None] | None = None) -> int:
         """Save at step ``iterations_done`` (= the metrics' second axis); returns that step.
 
+        ``diverged``: one entry per seed, None while that seed's state is finite, else the first
+        iteration at which it diverged (NaN/inf); None (not checked) counts as all finite. Once
+        saved, steps retention does not keep are deleted (see the module docstring).
+
         With ``async_save`` this returns once the state is copied to host memory and the previous
-        save has finished (re-raising its error); the write itself goes on in the background.
+        save has finished (re-raising its error); the write and the pruning go on in the background.
         """
+        diverged = _check_diverged(diverged, num_seeds)
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
         step = int(next(iter(metrics.values())).shape[1])
         s = score(metrics)
@@ -207,26 +330,32 @@ class Checkpointer:
             "config": config, "run_seconds": float(run_seconds), "devices": int(devices),
             "hparams": None if hparams is None else {k: np.asarray(v).tolist() for k, v in hparams.items()},
             "score": None if math.isnan(s) else s,
+            "diverged": diverged,
             "metrics": {k: [list(v.shape), str(v.dtype)] for k, v in metrics.items()},
             "key_impls": _key_impls(state),
         }
         items = ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state)),
                                    history=ocp.args.StandardSave(metrics), meta=ocp.args.JsonSave(meta))
-        ranking = {"score": NAN_SCORE if math.isnan(s) else s}
+        rank = _rank_of(meta)
         self.wait()  # one save in flight at a time
         if not self._async:
-            self._manager.save(step, args=items, metrics=ranking, force=True)
+            self._save_and_prune(step, items, rank)
             return step
         self._saved.clear()
-        self._writer = threading.Thread(target=self._write, args=(step, items, ranking),
+        self._writer = threading.Thread(target=self._write, args=(step, items, rank),
                                         name=f"jaxrl-checkpoint-{step}", daemon=True)
         self._writer.start()
         return step
 
-    def _write(self, step: int, items: Any, ranking: dict[str, float]) -> None:
+    def _save_and_prune(self, step: int, items: Any, rank: _Rank) -> None:
+        self._manager.save(step, args=items, force=True)
+        self._ranks[step] = rank  # known without reading it back
+        self._prune()
+
+    def _write(self, step: int, items: Any, rank: _Rank) -> None:
         """Body of the writer thread: its error is kept for :meth:`wait` to re-raise."""
         try:
-            self._manager.save(step, args=items, metrics=ranking, force=True)
+            self._save_and_prune(step, items, rank)
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             self._error = err
         finally:

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl.checkpoint import Checkpointer, abstract_state, load_policy
+from jaxrl.checkpoint import Checkpointer, abstract_state, load_policy, score
 from jaxrl.cli import main
 from jaxrl.config import load_config
 from jaxrl.runner import train_seeds
@@ -106,6 +106,98 @@ def test_keeps_last_k_and_best(tmp_path):
     assert ckpt.steps() == [2, 4, 5]  # last two + the best (score 50 at step 2)
     assert ckpt.best_step() == 2 and ckpt.meta(2)["score"] == 50.0
     ckpt.close()
+
+
+def _save_scored(ckpt: Checkpointer, step: int, value: float, num_seeds: int = 1, **kwargs) -> int:
+    """Save a tiny state at ``step`` whose score is ``value`` (every iteration finishes one
+    episode of return ``value``, so any final-return window averages to ``value``)."""
+    metrics = {"episode_return": np.full((num_seeds, step), value, np.float32),
+               "episodes": np.ones((num_seeds, step), np.float32)}
+    return ckpt.save({"w": np.arange(3, dtype=np.float32)}, metrics, config={}, num_seeds=num_seeds,
+                     chunk_size=1, **kwargs)
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_best_step_survives_a_reopen(tmp_path, async_save):
+    """Retention is the same whether or not the run was reopened: the best step's score is read
+    back from disk (orbax kept it only in memory, so the old code deleted step 4 at step 8)."""
+    with Checkpointer(tmp_path, keep=2, async_save=async_save) as ckpt:
+        for step, value in [(2, 20.0), (4, 100.0), (6, 30.0)]:
+            _save_scored(ckpt, step, value)
+        assert ckpt.steps() == [4, 6]
+    with Checkpointer(tmp_path, keep=2, async_save=async_save) as ckpt:
+        for step in (8, 10, 12, 14):
+            _save_scored(ckpt, step, 50.0)
+            assert 4 in ckpt.steps()
+        assert ckpt.steps() == [4, 12, 14] and ckpt.best_step() == 4
+    reopened = Checkpointer(tmp_path, read_only=True)
+    assert reopened.best_step() == 4 and reopened.meta(4)["score"] == 100.0
+    assert not any(".orbax-checkpoint-tmp" in p for p in os.listdir(tmp_path))  # deletions finished
+
+
+def test_last_finite_step_is_kept(tmp_path):
+    """A diverged seed makes a step non-finite; the newest step in which all seeds were finite
+    stays (as does the best), however many diverged steps follow, also across a reopen."""
+    finite, diverged = [None, None], [None, 4]
+    with Checkpointer(tmp_path, keep=2) as ckpt:
+        _save_scored(ckpt, 1, 100.0, num_seeds=2)  # the best, saved before `diverged` existed
+        for step in (2, 3):
+            _save_scored(ckpt, step, 10.0, num_seeds=2, diverged=finite)
+        for step in (4, 5):
+            _save_scored(ckpt, step, 10.0, num_seeds=2, diverged=diverged)
+        _save_scored(ckpt, 6, 10.0, num_seeds=2, diverged=[np.int64(5), 4])
+        assert ckpt.steps() == [1, 3, 5, 6]
+        assert ckpt.last_finite_step() == 3 and ckpt.best_step() == 1
+        assert ckpt.meta(6)["diverged"] == [5, 4] and ckpt.meta(1)["diverged"] is None
+        for bad in ([None], [None, -1], [None, 2.5], [None, True]):  # refused before writing
+            with pytest.raises(ValueError, match="diverged"):
+                _save_scored(ckpt, 7, 10.0, num_seeds=2, diverged=bad)
+        assert ckpt.steps() == [1, 3, 5, 6]
+    with Checkpointer(tmp_path, keep=2) as ckpt:
+        assert ckpt.last_finite_step() == 3
+        for step in (7, 8):
+            _save_scored(ckpt, step, 10.0, num_seeds=2, diverged=diverged)
+        assert ckpt.steps() == [1, 3, 7, 8]
+        _save_scored(ckpt, 9, 10.0, num_seeds=2)  # finite again (e.g. not checked): the last finite
+        assert ckpt.steps() == [1, 8, 9] and ckpt.last_finite_step() == 9
+
+
+def test_resumed_run_keeps_the_same_checkpoints(tmp_path):
+    """A real PPO run saved after every iteration with keep=2, interrupted right after its best
+    step and resumed, ends with exactly the steps the uninterrupted run keeps.
+
+    The length is chosen from a first run's scores so that the best step is not one of the last
+    two (the case the old code got wrong); a step's score depends only on the iterations before
+    it (no lr annealing), so a shorter run is a prefix of the longer one."""
+    small = dict(SMALL["ppo_cartpole"], anneal_lr=False)
+    probe = train_seeds(load_config("ppo_cartpole", **small), 1, chunk_size=1)
+    n = probe.metrics["loss"].shape[1]
+    scores = np.array([score({k: v[:, :i] for k, v in probe.metrics.items()}) for i in range(1, n + 1)])
+    scores = np.nan_to_num(scores, nan=-np.inf)  # NaN ranks lowest
+    # lengths whose best step (ties go to the later one) is older than the last two
+    older = [length for length in range(3, n + 1)
+             if scores[:length - 2].max() > scores[length - 2:length].max()]
+    length = older[-1] if older else n  # (scores that set a record every other step: no such case)
+    config = load_config("ppo_cartpole", **dict(small, total_steps=length * 64 * 4))
+
+    whole = train_seeds(config, 1, chunk_size=1, checkpoint_dir=tmp_path / "whole", keep=2)
+    np.testing.assert_array_equal(whole.metrics["episode_return"],
+                                  probe.metrics["episode_return"][:, :length])  # a prefix, as said
+    kept = Checkpointer(tmp_path / "whole").steps()
+    best = Checkpointer(tmp_path / "whole").best_step()
+    if older:
+        assert len(kept) == 3 and best == kept[0] < length - 1
+    stop = best if older else length // 2  # the last step saved before the interruption
+
+    def interrupt(done, metrics, seconds):
+        if done > stop:  # raised before step stop + 1 is saved: stop is the newest on disk
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_seeds(config, 1, chunk_size=1, checkpoint_dir=tmp_path / "resumed", keep=2, on_chunk=interrupt)
+    resumed = train_seeds(config, 1, checkpoint_dir=tmp_path / "resumed", keep=2, resume=True)
+    assert resumed.resumed_from == stop
+    assert Checkpointer(tmp_path / "resumed").steps() == kept
 
 
 def test_cli_resume_and_load_policy(tmp_path, capsys):
