@@ -19,8 +19,8 @@ import numpy as np
 import yaml
 
 from jaxrl.compile_cache import counting, enable_compilation_cache
-from jaxrl.config import (ConfigError, RoundingWarning, algo_names, config_names, load_config, parse_grid,
-                          parse_overrides)
+from jaxrl.config import (ON_DIVERGENCE, ConfigError, RoundingWarning, algo_names, config_names, load_config,
+                          parse_grid, parse_overrides)
 
 EPILOG = """\
 NAME_OR_PATH is a bundled config name (see `jaxrl list`) or a path to a YAML file.
@@ -150,29 +150,42 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list bundled configs, algorithms and environments")
 
     for command in (p, b, w):  # the commands that compile a training program
+        command.add_argument("--env", default=None, metavar="NAME|MODULE:FACTORY",
+                             help="the environment: a registered name (see `jaxrl list`) or the import path "
+                             "of your own env factory, e.g. my_envs:make_corridor (the current folder is "
+                             "importable); the same as the override env=...")
         command.add_argument("--no-compile-cache", action="store_true",
                              help="do not use the persistent compilation cache (default: "
                              "$JAXRL_CACHE_DIR or ~/.cache/jaxrl/jax, unless JAX's own is configured)")
+    for command in (p, w):
+        default = "stop" if command is p else "warn"
+        command.add_argument("--on-divergence", choices=ON_DIVERGENCE, default=default,
+                             help="when a seed's learner turns NaN or infinite: stop the run, or warn and go "
+                             f"on (default {default}); either way it is reported, with the iteration")
     args = parser.parse_args(argv)
+    if args.command in ("train", "sweep", "bench") and args.env is not None:  # an override like any other
+        target = args.configs if args.command == "bench" else args.overrides
+        target.append(f"env={json.dumps(args.env)}")  # quoted: YAML reads it back as this string
     warnings.simplefilter("ignore", RoundingWarning)  # printed as a note below instead
     try:
         if args.command == "list":
             return _list()
         if args.command == "plot":
             return _plot(args)
-        if args.command in ("train", "bench", "sweep"):  # (does not import jax)
-            enable_compilation_cache(enabled=not args.no_compile_cache)
         if args.command == "bench":
             return _bench(args)
         if args.command == "eval":
             return _eval(args)
         if args.command == "train" and args.resume:
-            return _train(args, _resume_config(args))
-        if args.config is None:
-            parser.error("the following arguments are required: NAME_OR_PATH")
-        config = load_config(args.config, **parse_overrides(args.overrides))
-        if config.rounding_note():
-            print(f"note: {config.rounding_note()}")
+            config = _resume_config(args)
+        else:
+            if args.config is None:
+                parser.error("the following arguments are required: NAME_OR_PATH")
+            config = load_config(args.config, **parse_overrides(args.overrides))
+            if config.rounding_note():
+                print(f"note: {config.rounding_note()}")
+        # only once the config is known to be valid: turning the cache on imports jax (~1 s)
+        enable_compilation_cache(enabled=not args.no_compile_cache)
         if args.command == "train":
             return _train(args, config)
         return _sweep(args, config)
@@ -254,6 +267,7 @@ def _train(args: argparse.Namespace, config) -> int:
 
         make_train(config, data_parallel=args.data_parallel)  # a bad split fails before the run folder exists
     from jaxrl import metrics as M
+    from jaxrl.loop import divergence_note
     from jaxrl.runner import train_seeds
 
     if args.keep < 1:
@@ -316,7 +330,8 @@ def _train(args: argparse.Namespace, config) -> int:
                           checkpoint_dir=None if every < 0 else run_dir / CHECKPOINT_SUBDIR,
                           checkpoint_every=max(every, 0), keep=args.keep, resume=bool(args.resume),
                           checkpoint_min_seconds=args.checkpoint_seconds, on_resume=on_resume,
-                          progress=not args.quiet, data_parallel=args.data_parallel)
+                          progress=not args.quiet, data_parallel=args.data_parallel,
+                          on_divergence=args.on_divergence)
     except KeyboardInterrupt:  # the save in flight has been finished by train_seeds
         print(f"\ninterrupted; continue with: jaxrl train --resume {run_dir}"
               if every >= 0 else "\ninterrupted (no checkpoints: --checkpoint-every -1)", file=sys.stderr)
@@ -325,6 +340,8 @@ def _train(args: argparse.Namespace, config) -> int:
         for logger in loggers:
             logger.close()
     final = M.final_return(run.metrics)
+    diverged = [None if d < 0 else int(d) for d in run.diverged_at]
+    last_finite = None if run.last_finite_step is None else str(run_dir / CHECKPOINT_SUBDIR / str(run.last_finite_step))
     summary = {
         "config": name, "algo": config.algo, "env": config.env, "seeds": args.seeds,
         "seed_values": list(range(config.seed, config.seed + args.seeds)),
@@ -337,16 +354,26 @@ def _train(args: argparse.Namespace, config) -> int:
         "checkpoint_seconds": round(run.checkpoint_seconds, 3),  # part of run_seconds (this session)
         "compile_cache_hits": run.cache_hits, "compile_cache_lookups": run.cache_lookups,
         "data_parallel": args.data_parallel or 1,  # devices each seed's envs were split over
+        "iterations_done": run.iterations_done, "iterations": total,
+        "diverged_at": diverged,  # per seed: first iteration with a NaN/inf learner state, or null
+        "stopped_on_divergence": run.stopped, "last_finite_checkpoint": last_finite,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("\nfinal return per seed (mean of episodes in the last 5% of iterations):")
-    for seed, value in zip(summary["seed_values"], final):
-        print(f"  seed {seed:>4}: {value:9.2f}")
+    print(f"\nfinal return per seed (mean of its last {M.FINAL_EPISODES} finished episodes):")
+    for seed, value, d in zip(summary["seed_values"], final, diverged):
+        print(f"  seed {seed:>4}: {value:9.2f}" + (f"   DIVERGED at iteration {d}" if d is not None else ""))
     print(f"mean ± std: {np.nanmean(final):.2f} ± {np.nanstd(final):.2f}")
     cached = f" ({run.compile_note})" if run.cache_hits else ""
     print(f"compile {run.compile_seconds:.1f} s{cached}, run {run.run_seconds:.1f} s, "
           f"{run.steps_per_second:,.0f} env steps/s ({args.seeds} seed(s) together)")
     print(f"run folder: {run_dir}")
+    if run.diverged:
+        what = (f"stopped after {run.iterations_done}/{total} iterations" if run.stopped
+                else "went on (--on-divergence warn)")
+        print(f"diverged (NaN or infinity in the learner): {divergence_note(run.diverged)}; {what}; "
+              + (f"last checkpoint with every seed finite: {last_finite}" if last_finite
+                 else "no checkpoint with every seed finite"), file=sys.stderr)
+        return 3 if run.stopped else 0
     return 0
 
 
@@ -364,7 +391,8 @@ def _sweep(args: argparse.Namespace, config) -> int:
     name = Path(args.config).stem
     print(f"jaxrl sweep {name}: {config.algo} on {config.env}, grid {grid}, {args.seeds} seed(s) each", flush=True)
     with counting() as cache:
-        result = sweep(config, seeds=args.seeds, grid=grid, batch_size=batch, separate=args.separate)
+        result = sweep(config, seeds=args.seeds, grid=grid, batch_size=batch, separate=args.separate,
+                       on_divergence=args.on_divergence)
     run_dir = Path(args.out) / f"sweep-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -377,18 +405,28 @@ def _sweep(args: argparse.Namespace, config) -> int:
     summary = {"config": name, "grid": grid, "seeds": result.seeds, "settings": result.settings,
                "final_return": [[None if np.isnan(x) else float(x) for x in row] for row in finals],
                "aggregate": table, "best": result.best() if np.isfinite(finals).any() else None,
+               "diverged_at": [[None if d < 0 else int(d) for d in row] for row in result.diverged_at],
+               "diverged": result.diverged(), "stopped_on_divergence": result.stopped,
                "compile_seconds": round(result.compile_seconds, 3), "run_seconds": round(result.run_seconds, 3)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     curves = {label: {k: v[i] for k, v in result.metrics.items()} for i, label in enumerate(labels)}
     plots.save(plots.learning_curves(curves, smooth=10), run_dir / "curves.png", close=True)
-    print(f"{'setting':<40} {'IQM final return':>17} {'95% CI':>20}")
-    for row in table:
-        if row["metric"] == "iqm":
-            interval = "[{low:.1f}, {high:.1f}]".format(**row)
-            print(f"{row['algorithm']:<40} {row['point']:>17.2f} {interval:>20}")
+    iqm = {row["algorithm"]: row for row in table if row["metric"] == "iqm"}
+    print(f"{'setting':<40} {'IQM final return':>17} {'95% CI':>20}  diverged")
+    for label, diverged_at in zip(labels, result.diverged_at):
+        row = iqm.get(label)
+        point, interval = ("nan", "") if row is None else (f"{row['point']:.2f}", "[{low:.1f}, {high:.1f}]".format(**row))
+        bad = [int(d) for d in diverged_at if d >= 0]
+        note = f"{len(bad)}/{len(diverged_at)} (first at iteration {min(bad)})" if bad else "-"
+        print(f"{label:<40} {point:>17} {interval:>20}  {note}")
     print(f"best: {summary['best']}")
     print(f"{len(result.settings) * args.seeds} runs: compile {result.compile_seconds:.1f} s"
           + (f" ({cache.note})" if cache.note else "") + f", run {result.run_seconds:.1f} s -> {run_dir}")
+    if result.stopped:
+        planned = int(np.prod([len(values) for values in grid.values()]))
+        print(f"stopped on divergence (--on-divergence stop): {len(result.settings)} of {planned} settings ran",
+              file=sys.stderr)
+        return 3
     return 0
 
 
@@ -428,6 +466,7 @@ def _bench(args: argparse.Namespace) -> int:
     for name, config in configs.items():
         if config.rounding_note():
             print(f"note: {name}: {config.rounding_note()}")
+    enable_compilation_cache(enabled=not args.no_compile_cache)  # once the configs are valid
     from jaxrl.bench import benchmark_all, save_plot
 
     header = f"{'seeds':>6} {'compile s':>10} {'run s':>8} {'env steps/s':>14} {'final return':>13}"

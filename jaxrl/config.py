@@ -24,6 +24,7 @@ import yaml
 
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")  # names of flax.linen activation functions
+ON_DIVERGENCE = ("stop", "warn")  # what a host driver does when a run's learner turns non-finite
 
 
 class ConfigError(ValueError):

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
-from jaxrl import envs, parallel
-from jaxrl.config import Config, ConfigError, RoundingWarning, algo_module
+from jaxrl import envs, parallel, replay
+from jaxrl.config import ON_DIVERGENCE, Config, ConfigError, RoundingWarning, algo_module
 from jaxrl.normalize import RewardScaler, RunningStats
 from jaxrl.rollout import Transition, make_rollout
 
@@ -104,7 +104,12 @@ class Context(NamedTuple):
 
 
 class TrainState(struct.PyTreeNode):
-    """All state that changes during training, in one pytree (checkpoint it whole)."""
+    """All state that changes during training, in one pytree (checkpoint it whole).
+
+    ``diverged_at`` is the first iteration after which the learner's state was not finite (a
+    NaN or infinity in parameters, optimizer or target state, normaliser statistics, or an
+    infinite learning metric), -1 while everything is finite: see :func:`finite`.
+    """
 
     agent: Any
     env_state: Any
@@ -113,6 +118,7 @@ class TrainState(struct.PyTreeNode):
     reward_scaler: RewardScaler
     key: jax.Array
     iteration: jax.Array
+    diverged_at: jax.Array
 
 
 class TrainOutput(struct.PyTreeNode):
@@ -124,6 +130,31 @@ def nan_like(shapes: Any) -> Any:
     """NaN-filled arrays shaped like ``shapes`` (from ``jax.eval_shape``): the metrics of a step
     that was skipped (a ``lax.cond`` branch that did not run)."""
     return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+
+def finite(agent: Any, stats: Any, learn_metrics: Metrics) -> jax.Array:
+    """Whether a learner is still healthy: every float in ``agent`` and ``stats`` is finite and
+    no metric ``learn`` reported is infinite (a NaN metric can be by design, e.g. before a
+    replay buffer has filled; a NaN loss makes NaN parameters one step later anyway).
+
+    Replay buffers are left out: they hold data, not learned state, and are the one part of an
+    agent whose size grows with the run (checking them every iteration would cost time).
+    """
+    is_buffer = lambda x: isinstance(x, replay.Buffer)  # noqa: E731
+    leaves = [x for x in jax.tree.leaves((agent, stats), is_leaf=is_buffer)
+              if not is_buffer(x) and jnp.issubdtype(x.dtype, jnp.floating)]
+    checks = [jnp.isfinite(x).all() for x in leaves]
+    checks += [~jnp.isinf(v).any() for v in learn_metrics.values() if jnp.issubdtype(v.dtype, jnp.floating)]
+    return jnp.stack(checks).all() if checks else jnp.bool_(True)
+
+
+class DivergenceWarning(UserWarning):
+    """A run's learner (parameters, optimizer state, ...) became NaN or infinite."""
+
+
+def divergence_note(diverged: dict[Any, int]) -> str:
+    """``"seed 2 (iteration 57), seed 3 (iteration 60)"`` for ``{seed: first iteration}``."""
+    return ", ".join(f"seed {s} (iteration {i})" for s, i in diverged.items())
 
 
 ENV_PREFIX = "env."  # hparams key prefix of a traced env param, e.g. "env.gravity"
@@ -223,7 +254,7 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
         example = jax.eval_shape(lambda k: algo.init(Context(config, spec, config.hparams(), jnp.int32(0)), k),
                                  jax.random.key(0))
         specs = parallel.state_specs(
-            TrainState(None, sharded, sharded, P(), RewardScaler(sharded, P()), P(), P()), example, sharded)
+            TrainState(None, sharded, sharded, P(), RewardScaler(sharded, P()), P(), P(), P()), example, sharded)
 
     def init(key: jax.Array, hparams: dict | None = None) -> TrainState:
         hp = hparams_of(hparams)
@@ -234,7 +265,7 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(env_keys, params_of(hp))
         agent = algo.init(Context(config, spec, hp, jnp.int32(0), axis), k_agent)  # same key: same params
         state = TrainState(agent, env_state, obs, RunningStats.create(spec.obs_shape),
-                           RewardScaler.create(n_local), key, jnp.int32(0))
+                           RewardScaler.create(n_local), key, jnp.int32(0), jnp.int32(-1))
         return state if axis is None else parallel.to_varying(state, specs, axis)
 
     def iteration(state: TrainState, hp: dict, i: jax.Array) -> tuple[TrainState, Metrics]:
@@ -257,6 +288,8 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
             traj = traj.replace(reward=scaled)
 
         agent, metrics = algo.learn(ctx, state.agent, traj, k_learn)
+        healthy = finite(agent, (obs_stats, scaler.stats), metrics)
+        diverged_at = jnp.where((state.diverged_at < 0) & ~healthy, i, state.diverged_at)
         done = episodes.done
         finished, returns, lengths = ctx.sum(  # over every device's envs
             (done, episodes.returns * done, episodes.lengths.astype(jnp.float32) * done))
@@ -268,7 +301,7 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
             "episode_length": mean_of_finished(lengths),
             **metrics,
         }
-        new_state = TrainState(agent, env_state, obs, obs_stats, scaler, key, state.iteration + 1)
+        new_state = TrainState(agent, env_state, obs, obs_stats, scaler, key, state.iteration + 1, diverged_at)
         if evaluate is not None:  # after the update, on iterations eval_every, 2*eval_every, ...
             # (data parallel: every device plays the same episodes with the same key and the same
             # replicated params, so the result is replicated too)

@@ -11,22 +11,34 @@ from typing import Any
 import numpy as np
 
 
-def final_return(metrics: Mapping[str, Any], window: float = 0.05) -> np.ndarray:
-    """Mean return of the episodes that finished in the last ``window`` fraction of iterations.
+FINAL_EPISODES = 100  # how many of the last finished episodes make a run's final return
 
-    Weighted by the number of episodes per iteration (iterations where none finished count for
-    nothing). ``metrics`` arrays are ``(..., iterations)``; trailing NaN rows (padding of
-    shorter runs in a sweep) are not iterations. The result has shape ``(...)`` and is NaN where
-    no episode finished in the window.
+
+def final_return(metrics: Mapping[str, Any], episodes: int = FINAL_EPISODES) -> np.ndarray:
+    """A run's final return: the mean return of its last ``episodes`` finished episodes.
+
+    Counted back from the end in whole iterations: the window is the fewest trailing iterations
+    that together hold at least ``episodes`` finished episodes (all of the run's episodes when
+    fewer finished), and their returns are averaged episode-weighted (each iteration's mean
+    return times its number of finished episodes). A window counted in episodes, not
+    iterations, is defined whenever any episode has finished, however long the episodes are
+    (a good CartPole agent finishes one episode per 500 steps per env), and it always averages
+    about the same number of episodes.
+
+    ``metrics`` arrays are ``(..., iterations)`` with ``episode_return`` and ``episodes`` per
+    iteration; trailing NaN rows (padding of shorter runs in a sweep) are not iterations. The
+    result has shape ``(...)`` and is NaN only where no episode finished at all.
     """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
     returns = np.asarray(metrics["episode_return"], np.float64)
-    counts = np.asarray(metrics["episodes"], np.float64)
-    valid = ~np.isnan(counts)
-    n_valid = valid.sum(-1, keepdims=True)
-    size = np.maximum(1, np.ceil(n_valid * window))
-    in_window = valid & (np.arange(counts.shape[-1]) >= n_valid - size)
-    weights = np.where(in_window, np.nan_to_num(counts), 0.0)
-    total = (np.nan_to_num(returns) * weights).sum(-1)
+    counts = np.nan_to_num(np.asarray(metrics["episodes"], np.float64))
+    # episodes finished from each iteration to the end (inclusive), and before it (exclusive)
+    from_here = np.cumsum(counts[..., ::-1], axis=-1)[..., ::-1]
+    after = from_here - counts
+    in_window = (counts > 0) & (after < episodes)  # the window's oldest iteration tips it over
+    weights = np.where(in_window, counts, 0.0)
+    total = np.where(in_window, returns * weights, 0.0).sum(-1)  # a NaN return in the window stays NaN
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(weights.sum(-1) > 0, total / weights.sum(-1), np.nan)
 

@@ -14,6 +14,7 @@ import functools
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 from jaxrl import metrics as M
 from jaxrl.compile_cache import counting, describe
 from jaxrl.config import Config
-from jaxrl.loop import TrainState, make_train, seed_keys
+from jaxrl.loop import ON_DIVERGENCE, DivergenceWarning, TrainState, divergence_note, make_train, seed_keys
 from jaxrl.parallel import DataParallel
 
 
@@ -43,6 +44,20 @@ class Run:
     resumed_from: int = 0  # iterations restored from a checkpoint (0: fresh run)
     cache_lookups: int = 0  # programs looked up in the persistent compilation cache while compiling
     cache_hits: int = 0  # ... and found there (loaded, not compiled)
+    diverged_at: np.ndarray | None = None  # (seeds,) first non-finite iteration per seed, -1: finite
+    stopped: bool = False  # stopped early because a seed diverged (on_divergence="stop")
+    last_finite_step: int | None = None  # newest checkpoint in which every seed was finite
+
+    @property
+    def iterations_done(self) -> int:
+        return int(next(iter(self.metrics.values())).shape[1])
+
+    @property
+    def diverged(self) -> dict[int, int]:
+        """``{seed value: first non-finite iteration}`` of the seeds that diverged."""
+        if self.diverged_at is None:
+            return {}
+        return {self.config.seed + i: int(d) for i, d in enumerate(self.diverged_at) if d >= 0}
 
     @property
     def compile_note(self) -> str:
@@ -52,7 +67,7 @@ class Run:
     @property
     def env_steps(self) -> int:
         """Env steps taken by all seeds together."""
-        return self.num_seeds * self.config.num_iterations * self.config.steps_per_iteration
+        return self.num_seeds * self.iterations_done * self.config.steps_per_iteration
 
     @property
     def steps_per_second(self) -> float:
@@ -60,6 +75,7 @@ class Run:
 
 
 Progress = Callable[[int, dict[str, np.ndarray], float], None]
+
 
 
 def _tqdm() -> Any:
@@ -86,17 +102,22 @@ class ProgressBar:
         self.bar = None if tqdm is None else tqdm(total=total, initial=done, desc=desc, unit="iter",
                                                    dynamic_ncols=True)
 
-    def update(self, done: int, metrics: dict[str, np.ndarray], run_seconds: float) -> None:
+    def update(self, done: int, metrics: dict[str, np.ndarray], run_seconds: float,
+               diverged: int = 0) -> None:
+        """``diverged``: how many seeds have diverged so far (shown when any has)."""
         steps = done * self.steps_per_iteration
         rate = self.num_seeds * steps / max(run_seconds, 1e-9)
         latest = M.latest(metrics["episode_return"])
-        mean_return = float(np.nanmean(latest)) if not np.all(np.isnan(latest)) else float("nan")
+        finite = latest[np.isfinite(latest)]
+        mean_return = float(finite.mean()) if finite.size else float("nan")
+        note = f"{diverged}/{self.num_seeds}" if diverged else None
         if self.bar is None:
             print(f"  iter {done:>6}/{self.total}  env steps {steps:>11,}/seed  "
-                  f"{rate:>11,.0f} steps/s  return {mean_return:9.2f}", flush=True)
+                  f"{rate:>11,.0f} steps/s  return {mean_return:9.2f}"
+                  + (f"  diverged {note}" if note else ""), flush=True)
             return
-        self.bar.set_postfix({"env steps/s": f"{rate:,.0f}", "return": f"{mean_return:.2f}"},
-                             refresh=False)
+        self.bar.set_postfix({"env steps/s": f"{rate:,.0f}", "return": f"{mean_return:.2f}",
+                              **({"diverged": note} if note else {})}, refresh=False)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
@@ -123,6 +144,7 @@ def train_seeds(
     on_resume: Callable[[int, dict[str, np.ndarray]], None] | None = None,
     progress: bool = False,
     data_parallel: DataParallel | None = None,
+    on_divergence: str = "stop",
 ) -> Run:
     """Train seeds ``config.seed .. config.seed + num_seeds - 1`` in one compiled program.
 
@@ -149,7 +171,16 @@ def train_seeds(
 
     ``data_parallel`` (a device count, devices or a mesh) splits every seed's envs over those
     devices (see :mod:`jaxrl.parallel`); a run resumes only on as many devices as it was saved from.
+
+    Divergence (a NaN or infinity in a seed's learner, detected inside the compiled program, see
+    ``TrainState.diverged_at``) is checked after every chunk. ``on_divergence="stop"`` ends the
+    run after the chunk in which a seed diverged (``Run.stopped``; that state is still saved, and
+    the newest checkpoint in which every seed was finite is kept: ``Run.last_finite_step``);
+    ``"warn"`` goes on. Either way each newly diverged seed is reported once with a
+    :class:`DivergenceWarning`, and ``Run.diverged_at`` / ``Run.diverged`` say which and when.
     """
+    if on_divergence not in ON_DIVERGENCE:
+        raise ValueError(f"on_divergence must be one of {', '.join(ON_DIVERGENCE)}, got {on_divergence!r}")
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
     if checkpoint_every < 0:
@@ -204,6 +235,13 @@ def train_seeds(
             bar = ProgressBar(n_iters, done, num_seeds, config.steps_per_iteration)
             cleanup.callback(bar.close)
         saved = done if restored is not None else -1
+        diverged_at = np.asarray(jax.device_get(state.diverged_at)).reshape(num_seeds)
+        stopped = on_divergence == "stop" and bool((diverged_at >= 0).any())  # resumed after diverging
+        reported = diverged_at >= 0
+        if reported.any():
+            warnings.warn(f"resumed a run that had diverged: {_diverged_note(config, diverged_at, reported)}"
+                          + ("; not continuing it (on_divergence='stop')" if stopped else "; going on"),
+                          DivergenceWarning, stacklevel=2)
 
         @contextlib.contextmanager
         def checkpoint_time() -> Iterator[None]:
@@ -216,35 +254,55 @@ def train_seeds(
             checkpoint_seconds += dt
 
         last_save = time.perf_counter()
-        for n_chunk, first in enumerate(range(done, n_iters, chunk_size), 1):
+        for n_chunk, first in enumerate(range(done, n_iters if not stopped else done, chunk_size), 1):
             t0 = time.perf_counter()
             state, metrics = chunk(state, hparams, jnp.int32(first))
-            metrics = jax.device_get(metrics)  # blocks until the chunk is done
+            metrics, diverged_at = jax.device_get((metrics, state.diverged_at))  # blocks until done
             run_seconds += time.perf_counter() - t0
             valid = min(chunk_size, n_iters - first)
             metrics = {k: np.asarray(v)[:, :valid] for k, v in metrics.items()}
             pieces.append(metrics)
             done = first + valid
+            diverged_at = np.asarray(diverged_at).reshape(num_seeds)
+            new = (diverged_at >= 0) & ~reported
+            if new.any():
+                reported |= new
+                stopped = on_divergence == "stop"
+                warnings.warn(f"diverged (NaN or infinity in the learner): {_diverged_note(config, diverged_at, new)}"
+                              + ("; stopping the run (on_divergence='stop')" if stopped else "; going on"),
+                              DivergenceWarning, stacklevel=2)
             if on_chunk is not None:
                 on_chunk(done, metrics, run_seconds)
             if progress:
-                bar.update(done, metrics, run_seconds)
+                bar.update(done, metrics, run_seconds, int(reported.sum()))
             due = (checkpoint_every and n_chunk % checkpoint_every == 0
                    and time.perf_counter() - last_save >= checkpoint_min_seconds)
-            if ckpt is not None and (due or done == n_iters):
+            if ckpt is not None and (due or done == n_iters or stopped):
                 last_save = time.perf_counter()
                 # saved in the background: the host copy and the wait for the previous save count here
                 with checkpoint_time():
-                    _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices)
+                    _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices,
+                          diverged_at)
                 saved = done
+            if stopped:
+                break
         if ckpt is not None and saved != done:  # e.g. resumed from a checkpoint of a finished run
-            _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices)
+            _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices, diverged_at)
+        last_finite = None
         if ckpt is not None:
             with checkpoint_time():
                 ckpt.wait()  # the last save must be on disk before we return (re-raises its error)
+            if reported.any():
+                last_finite = ckpt.last_finite_step()
     merged = _merge(pieces)
     return Run(config, num_seeds, state, merged, compile_seconds, run_seconds, checkpoint_seconds,
-               restored.iterations_done if restored is not None else 0, cache.lookups, cache.hits)
+               restored.iterations_done if restored is not None else 0, cache.lookups, cache.hits,
+               diverged_at, stopped, last_finite)
+
+
+def _diverged_note(config: Config, diverged_at: np.ndarray, which: np.ndarray) -> str:
+    """:func:`divergence_note` of the seeds selected by the mask ``which``."""
+    return divergence_note({config.seed + int(i): int(diverged_at[i]) for i in np.flatnonzero(which)})
 
 
 def _merge(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -255,9 +313,11 @@ def _merge(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return merged
 
 
-def _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices) -> None:
+def _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices,
+          diverged_at: np.ndarray) -> None:
     ckpt.save(state, _merge(pieces), config=config.to_dict(), num_seeds=num_seeds, chunk_size=chunk_size,
-              hparams=hparams, run_seconds=run_seconds, devices=devices)
+              hparams=hparams, run_seconds=run_seconds, devices=devices,
+              diverged=[None if d < 0 else int(d) for d in diverged_at])
 
 
 def _check_resumable(meta: dict, config: Config, num_seeds: int, hparams: dict | None, devices: int = 1) -> None:

@@ -21,6 +21,7 @@ import math
 import numbers
 import os
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -30,8 +31,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrl.config import Config, ConfigError, suggest
-from jaxrl.loop import ENV_PREFIX, env_param_values, hparam_dtype, make_env, make_train, seed_keys
-from jaxrl.metrics import final_return
+from jaxrl.loop import (ENV_PREFIX, ON_DIVERGENCE, DivergenceWarning, env_param_values, hparam_dtype, make_env,
+                        make_train, seed_keys)
+from jaxrl.metrics import FINAL_EPISODES, final_return
 
 
 @dataclasses.dataclass
@@ -41,7 +43,10 @@ class SweepResult:
     ``settings[i]`` is the dict of swept values of row ``i``; ``state`` is the final train state
     with leading axes ``(settings, seeds)``. With ``separate=True`` settings may differ in
     iteration count (shorter ones are NaN-padded at the end) and in state shapes (``state`` is
-    then a list with one pytree per setting).
+    then a list with one pytree per setting). ``diverged_at`` ``(settings, seeds)`` is each run's
+    first iteration with a non-finite learner state (-1: finite throughout); ``stopped`` says the
+    sweep ended early on a divergence (``on_divergence="stop"``) and holds only the settings
+    that ran.
     """
 
     config: Config
@@ -51,6 +56,8 @@ class SweepResult:
     state: Any
     compile_seconds: float
     run_seconds: float
+    diverged_at: np.ndarray
+    stopped: bool = False
 
     def __len__(self) -> int:
         return len(self.settings)
@@ -62,7 +69,13 @@ class SweepResult:
         state = ([self.state[r] for r in rows] if isinstance(self.state, list)
                  else jax.tree.map(take, self.state))
         return dataclasses.replace(self, settings=[self.settings[r] for r in rows],
-                                   metrics={k: take(v) for k, v in self.metrics.items()}, state=state)
+                                   metrics={k: take(v) for k, v in self.metrics.items()}, state=state,
+                                   diverged_at=take(self.diverged_at))
+
+    def diverged(self) -> list[dict[str, Any]]:
+        """One row per diverged run: its swept values, ``seed`` and first non-finite ``iteration``."""
+        return [{**self.settings[i], "seed": self.seeds[j], "iteration": int(self.diverged_at[i, j])}
+                for i, j in zip(*np.nonzero(self.diverged_at >= 0))]
 
     def sel(self, **values: Any) -> "SweepResult":
         """The settings whose swept values equal ``values`` (e.g. ``sel(lr=3e-4)``)."""
@@ -75,13 +88,19 @@ class SweepResult:
             raise KeyError(f"no setting matches {values}; settings: {self.settings}")
         return self[rows]
 
-    def final_return(self, window: float = 0.05) -> np.ndarray:
-        """``(settings, seeds)`` mean return of episodes in the last ``window`` of training."""
-        return final_return(self.metrics, window)
+    def final_return(self, episodes: int = FINAL_EPISODES) -> np.ndarray:
+        """``(settings, seeds)`` mean return of each run's last ``episodes`` finished episodes
+        (see :func:`jaxrl.metrics.final_return`)."""
+        return final_return(self.metrics, episodes)
 
-    def best(self, window: float = 0.05) -> dict[str, Any]:
-        """The setting with the highest mean final return over seeds."""
-        return self.settings[int(np.nanargmax(np.nanmean(self.final_return(window), axis=1)))]
+    def best(self, episodes: int = FINAL_EPISODES) -> dict[str, Any]:
+        """The setting with the highest mean final return over seeds, among the settings none of
+        whose seeds diverged (among all settings if every one had a diverged seed)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a setting without any finished episode
+            means = np.nanmean(self.final_return(episodes), axis=1)
+        healthy = np.where((self.diverged_at < 0).all(axis=1), means, np.nan)
+        return self.settings[int(np.nanargmax(healthy if np.isfinite(healthy).any() else means))]
 
     def rows(self, per_iteration: bool = False) -> Iterator[dict[str, Any]]:
         """Tidy rows: one per (setting, seed) with the final return, or one per iteration too."""
@@ -90,7 +109,8 @@ class SweepResult:
             for j, seed in enumerate(self.seeds):
                 head = {**setting, "seed": seed}
                 if not per_iteration:
-                    yield {**head, "final_return": float(final[i, j])}
+                    diverged = int(self.diverged_at[i, j])
+                    yield {**head, "final_return": float(final[i, j]), "diverged_at": None if diverged < 0 else diverged}
                     continue
                 for t in range(self.metrics["env_steps"].shape[-1]):
                     yield {**head, "iteration": t, **{k: float(v[i, j, t]) for k, v in self.metrics.items()}}
@@ -99,7 +119,10 @@ class SweepResult:
         """A pandas DataFrame of :meth:`rows` (pandas is imported only here)."""
         import pandas as pd
 
-        return pd.DataFrame(list(self.rows(per_iteration)))
+        frame = pd.DataFrame(list(self.rows(per_iteration)))
+        if "diverged_at" in frame:  # an iteration, or missing (<NA>) for a run that stayed finite
+            frame["diverged_at"] = frame["diverged_at"].astype("Int64")
+        return frame
 
 
 def expand(grid: Mapping[str, Sequence[Any]] | None = None,
@@ -134,6 +157,7 @@ def sweep(
     batch_size: int | str | None = None,
     separate: bool = False,
     devices: Sequence[jax.Device] | None = None,
+    on_divergence: str = "warn",
 ) -> SweepResult:
     """Train every setting of ``grid`` (cross product) or ``samples`` for ``seeds`` seeds.
 
@@ -144,7 +168,14 @@ def sweep(
     program's memory analysis to use at most half of the free device (or host) memory.
     ``devices`` default to ``jax.devices()``.
     Run ``s`` of a setting equals a single run of that setting with seed ``config.seed + s``.
+
+    Runs that diverge (a NaN or infinity in their learner, detected inside the program) are
+    reported with a :class:`jaxrl.loop.DivergenceWarning` and in ``SweepResult.diverged_at``.
+    ``on_divergence="warn"`` (the default) runs every setting; ``"stop"`` runs no further batch
+    (or static group) after the one in which a run diverged, and returns the settings that ran.
     """
+    if on_divergence not in ON_DIVERGENCE:
+        raise ConfigError(f"on_divergence must be one of {', '.join(ON_DIVERGENCE)}, got {on_divergence!r}")
     if not isinstance(seeds, numbers.Integral) or seeds < 1:
         raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
     if not (batch_size is None or batch_size == "auto"
@@ -189,23 +220,39 @@ def sweep(
     metrics: list[Any] = [None] * len(settings)
     states: list[Any] = [None] * len(settings)
     compile_s = run_s = 0.0
+    stop = on_divergence == "stop"
     for rows in groups.values():
         group_config = config.replace(**{k: settings[rows[0]][k] for k in static_keys})
         hp = {k: np.array([settings[r][k] for r in rows], hparam_dtype(k, env_values))
               for k in settings[0] if k in traced}
-        out, c, r = _run(group_config, hp, len(rows), seeds, batch_size, devices)
+        out, c, r, diverged = _run(group_config, hp, len(rows), seeds, batch_size, devices, stop)
         compile_s, run_s = compile_s + c, run_s + r
-        for n, row in enumerate(rows):
+        for n, row in enumerate(rows[:len(out.metrics["env_steps"])]):
             metrics[row] = jax.tree.map(lambda x: x[n], out.metrics)
             states[row] = jax.tree.map(lambda x: x[n], out.state)
+        if stop and diverged:
+            break
+    ran = [i for i, m in enumerate(metrics) if m is not None]
+    stopped = len(ran) < len(settings)
+    settings, metrics, states = [settings[i] for i in ran], [metrics[i] for i in ran], [states[i] for i in ran]
     longest = max(m["env_steps"].shape[-1] for m in metrics)
     pad = lambda x: np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, longest - x.shape[-1])],  # noqa: E731
                            constant_values=np.nan)
     metrics = [jax.tree.map(pad, m) for m in metrics]
     same_shapes = all(jax.tree.map(np.shape, s) == jax.tree.map(np.shape, states[0]) for s in states)
     stacked_state = jax.tree.map(lambda *xs: np.stack(xs), *states) if same_shapes else states
-    return SweepResult(config, settings, list(range(config.seed, config.seed + seeds)),
-                       jax.tree.map(lambda *xs: np.stack(xs), *metrics), stacked_state, compile_s, run_s)
+    diverged_at = np.stack([np.asarray(s.diverged_at) for s in states])
+    result = SweepResult(config, settings, list(range(config.seed, config.seed + seeds)),
+                         jax.tree.map(lambda *xs: np.stack(xs), *metrics), stacked_state, compile_s, run_s,
+                         diverged_at, stopped)
+    if (diverged_at >= 0).any():
+        runs = result.diverged()
+        listed = "; ".join(", ".join(f"{k}={v}" for k, v in r.items()) for r in runs[:10])
+        more = f" and {len(runs) - 10} more" if len(runs) > 10 else ""
+        warnings.warn(f"{len(runs)} of {diverged_at.size} runs diverged (NaN or infinity in the learner): "
+                      f"{listed}{more}" + ("; the sweep stopped there (on_divergence='stop')" if stopped else ""),
+                      DivergenceWarning, stacklevel=2)
+    return result
 
 
 def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -247,8 +294,12 @@ def _auto_batch_size(program, keys, flat_hp, sharding, n_devices: int) -> int:
 
 
 def _run(config: Config, hp: dict[str, np.ndarray], n_settings: int, seeds: int,
-         batch_size: int | str | None, devices: Sequence[jax.Device] | None):
-    """One program over ``n_settings * seeds`` runs; returns outputs shaped (settings, seeds, ...)."""
+         batch_size: int | str | None, devices: Sequence[jax.Device] | None, stop: bool = False):
+    """One program over ``n_settings * seeds`` runs: outputs shaped (settings, seeds, ...), compile
+    and run seconds, and whether any run diverged.
+
+    With ``stop``, no batch runs after one in which a run diverged (once the settings it began
+    have all their seeds); the outputs then hold the settings that ran."""
     train = make_train(config)
     devices = list(devices or jax.devices())
     total = n_settings * seeds
@@ -266,7 +317,7 @@ def _run(config: Config, hp: dict[str, np.ndarray], n_settings: int, seeds: int,
         batch_size = _auto_batch_size(program, keys, flat_hp, sharding, len(devices))
     per_batch = min(batch_size or total, total)
     per_batch = math.ceil(per_batch / len(devices)) * len(devices)  # every device gets equal work
-    compiled, compile_s, run_s, outputs = None, 0.0, 0.0, []
+    compiled, compile_s, run_s, outputs, diverged = None, 0.0, 0.0, [], False
     for start in range(0, total, per_batch):
         idx = np.minimum(np.arange(start, start + per_batch), total - 1)  # pad with the last run
         args = (_global_array(np.asarray(keys[idx]), sharding),
@@ -280,5 +331,10 @@ def _run(config: Config, hp: dict[str, np.ndarray], n_settings: int, seeds: int,
         run_s += time.perf_counter() - t0
         valid = min(per_batch, total - start)
         outputs.append(jax.tree.map(lambda x: x[:valid], out))
+        diverged = diverged or bool((outputs[-1].state.diverged_at >= 0).any())
+        if stop and diverged and (start + valid) % seeds == 0:  # stop where a setting is complete
+            break
     merged = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
-    return jax.tree.map(lambda x: x.reshape((n_settings, seeds) + x.shape[1:]), merged), compile_s, run_s
+    done = len(merged.state.diverged_at) // seeds  # settings all of whose seeds ran
+    merged = jax.tree.map(lambda x: x[:done * seeds].reshape((done, seeds) + x.shape[1:]), merged)
+    return merged, compile_s, run_s, diverged

@@ -50,7 +50,8 @@ def test_labelled_access(result):
     assert len(sub) == 2 and all(s["lr"] == 1e-3 for s in sub.settings)
     assert sub.metrics["loss"].shape[:2] == (2, 2)
     frame = result.to_dataframe()
-    assert list(frame.columns) == ["lr", "clip_eps", "seed", "final_return"] and len(frame) == 8
+    assert list(frame.columns) == ["lr", "clip_eps", "seed", "final_return", "diverged_at"] and len(frame) == 8
+    assert frame["diverged_at"].isna().all()  # every run stayed finite
     long = result.to_dataframe(per_iteration=True)
     assert len(long) == 8 * result.metrics["loss"].shape[-1] and "episode_return" in long
     assert result.best() in result.settings
