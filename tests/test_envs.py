@@ -457,3 +457,67 @@ def test_probe_optimal_values(name):
         worse = -best if env.continuous else 1 - best
         reward = float(env.step(key, state, worse, params)[2])
         assert reward == (1.0 - (2 * 0.5) ** 2 if env.continuous else -1.0)
+
+
+@pytest.mark.parametrize("name", probes.probe_names())
+def test_probe_time_limit_and_constant_obs(name):
+    """With `max_steps` a probe never terminates, is truncated exactly at the limit, and its
+    discounted return approaches the infinite-horizon `optimal_value`; `constant_obs` shows [0]
+    and its V*([0]) is the mean over the hidden sign."""
+    gamma, limit = 0.9, 100  # 0.9**100 ~ 3e-5: the return is the infinite-horizon value to 1e-4
+    kind, continuous = probes.make_probe(name).kind, name.endswith("-continuous")
+    for constant_obs in (False, True):
+        options = {"max_steps": limit, "constant_obs": constant_obs}
+        env, params = make(name, **options)
+        if kind == "discount" and constant_obs:  # the hidden step decides the value
+            with pytest.raises(ValueError, match="hidden step"):
+                probes.optimal_value(kind, jnp.zeros((1,)), gamma, **options)
+        if kind == "obs-action" and constant_obs and not continuous:
+            with pytest.raises(ValueError, match="equally good"):
+                probes.optimal_action(kind, jnp.zeros((1,)), False, **options)
+
+        def policy(obs):
+            if kind not in ("action", "obs-action") or (kind == "obs-action" and constant_obs and not continuous):
+                return jnp.ones((1,)) * 0.5 if continuous else jnp.int32(1)
+            return probes.optimal_action(kind, obs, continuous, **options)
+
+        @jax.jit
+        def episode(key):
+            obs, state = env.reset(key, params)
+
+            def one_step(carry, t):
+                obs, state = carry
+                obs, state, reward, terminated, truncated, _ = env.step(key, state, policy(obs), params)
+                return (obs, state), (obs, reward * gamma**t, terminated, truncated)
+
+            _, (observed, rewards, terminated, truncated) = jax.lax.scan(one_step, (obs, state), jnp.arange(limit))
+            return obs, state.obs, observed, rewards.sum(), terminated, truncated
+
+        returns_by_sign = {}
+        for seed in range(8):
+            first_obs, hidden, observed, ret, terminated, truncated = episode(jax.random.key(seed))
+            assert not terminated.any()
+            np.testing.assert_array_equal(truncated, np.arange(1, limit + 1) == limit)
+            if constant_obs:
+                assert not first_obs.any() and not observed.any()
+            else:
+                np.testing.assert_allclose(ret, probes.optimal_value(kind, first_obs, gamma, **options), rtol=1e-4)
+            returns_by_sign.setdefault(float(hidden[0]), []).append(float(ret))
+        if constant_obs and kind != "discount":
+            mean = np.mean([np.mean(r) for r in returns_by_sign.values()])  # signs equally likely
+            expected = probes.optimal_value(kind, first_obs, gamma, continuous=continuous, **options)
+            np.testing.assert_allclose(mean, expected, rtol=1e-4, atol=1e-4)
+            if kind in ("obs", "obs-action"):
+                assert len(returns_by_sign) == 2  # both hidden signs were seen
+
+
+def test_probe_option_errors():
+    with pytest.raises(ValueError, match=r"only the keyword arguments \['max_steps', 'constant_obs'\]"):
+        make("probe/constant", max_step=5)
+    for bad in (0, 2.5, True, "5"):
+        with pytest.raises(ValueError, match="max_steps must be an integer >= 1"):
+            make("probe/constant", max_steps=bad)
+    with pytest.raises(ValueError, match="constant_obs must be true or false"):
+        make("probe/obs", constant_obs=1)
+    with pytest.raises(ValueError, match="infinite-horizon"):
+        probes.optimal_value("constant", jnp.zeros((1,)), 1.0, max_steps=5)
