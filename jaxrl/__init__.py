@@ -16,7 +16,8 @@ import importlib.metadata
 import os
 from typing import Any
 
-from jaxrl.config import Config, ConfigError, load_config
+from jaxrl.algos import load_config
+from jaxrl.config import Config, ConfigError
 
 __version__ = "0.1.0"
 

@@ -311,8 +311,11 @@ class Checkpointer:
     def save(self, state: Any, metrics: dict[str, np.ndarray], *, config: dict[str, Any],
              num_seeds: int, chunk_size: int, hparams: dict[str, Any] | None = None,
              run_seconds: float = 0.0, devices: int = 1,
-             diverged: Sequence[int | None] | None = None) -> int:
+             diverged: Sequence[int | None] | None = None, inputs: dict | None = None) -> int:
         """Save at step ``iterations_done`` (= the metrics' second axis); returns that step.
+
+        ``inputs``: a JSON description of the run's ``inputs`` (which are not saved), kept in
+        ``meta`` so that a resume can check it has the same ones.
 
         ``diverged``: one entry per seed, None while that seed's state is finite, else the first
         iteration at which it diverged (NaN/inf); None (not checked) counts as all finite. Once
@@ -330,7 +333,7 @@ class Checkpointer:
             "config": config, "run_seconds": float(run_seconds), "devices": int(devices),
             "hparams": None if hparams is None else {k: np.asarray(v).tolist() for k, v in hparams.items()},
             "score": None if math.isnan(s) else s,
-            "diverged": diverged,
+            "diverged": diverged, "inputs": inputs,
             "metrics": {k: [list(v.shape), str(v.dtype)] for k, v in metrics.items()},
             "key_impls": _key_impls(state),
         }
@@ -426,49 +429,3 @@ class Checkpointer:
         except Exception as err:  # noqa: BLE001
             warnings.warn(f"{err} (while handling {exc_type.__name__})", stacklevel=2)
         self._manager.close()
-
-
-def abstract_state(config, num_seeds: int, hparams: dict | None = None) -> Any:
-    """Shapes/dtypes of the vmapped ``TrainState`` of ``config`` (no computation, no compile)."""
-    from jaxrl.loop import make_train, seed_keys
-
-    train = make_train(config)
-    keys = seed_keys(config.seed, num_seeds)
-    return jax.eval_shape(jax.vmap(train.init, in_axes=(0, None)), keys, hparams)
-
-
-def load_policy(run_dir: str | Path, step: int | str | None = None) -> tuple[Any, Any]:
-    """Load a trained run for inference: ``(state, config)``.
-
-    ``run_dir`` is a ``jaxrl train`` run folder (its checkpoints are in ``run_dir/checkpoints``)
-    or a checkpoint directory itself. ``step``: an iteration count, ``"best"``, or None for the
-    latest. ``state`` is the whole ``TrainState`` with a leading seeds axis; ``state.agent``
-    holds the agent (params etc.). To act with seed ``i``::
-
-        state, config = load_policy(run_dir)
-        train = jaxrl.make_train(config)
-        ctx = jaxrl.loop.Context(config, train.spec, config.hparams(), jnp.int32(0))
-        agent_i = jax.tree.map(lambda x: x[i], state.agent)
-        obs_i = state.obs_stats.normalize(obs) if config.normalize_obs else obs  # stats of seed i
-        action, _ = algo_module(config.algo).act(ctx, agent_i, obs_i, key)  # obs: (num_envs, ...)
-    """
-    from jaxrl.config import algo_module, build
-
-    path = Path(run_dir)
-    if (path / CHECKPOINT_SUBDIR).is_dir():
-        path = path / CHECKPOINT_SUBDIR
-    ckpt = Checkpointer(path, read_only=True, async_save=False)
-    try:
-        if step == "best":
-            step = ckpt.best_step()
-        elif step is None:
-            step = ckpt.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {path}")
-        meta = ckpt.meta(step)
-        data = meta["config"]
-        config = build(algo_module(data["algo"]).Config, data)
-        restored = ckpt.restore(abstract_state(config, meta["num_seeds"], meta["hparams"]), step)
-    finally:
-        ckpt.close()
-    return restored.state, config

@@ -19,8 +19,8 @@ import numpy as np
 import yaml
 
 from jaxrl.compile_cache import counting, enable_compilation_cache
-from jaxrl.config import (ON_DIVERGENCE, ConfigError, RoundingWarning, algo_names, config_names, load_config,
-                          parse_grid, parse_overrides)
+from jaxrl.algos import algo_names, load_config
+from jaxrl.config import ON_DIVERGENCE, ConfigError, RoundingWarning, config_names, parse_grid, parse_overrides
 
 EPILOG = """\
 NAME_OR_PATH is a bundled config name (see `jaxrl list`) or a path to a YAML file.
@@ -517,7 +517,7 @@ def _bench_configs(names: list[str], overrides: dict) -> dict:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from jaxrl.evaluate import evaluate_run
+    from jaxrl.runs import evaluate_run
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")

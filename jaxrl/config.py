@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import importlib.resources
 import math
-import pkgutil
 import re
-import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -42,8 +39,13 @@ def traced(default: float) -> Any:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    """Fields every algorithm shares."""
+    """Fields every algorithm shares; each algorithm subclasses it with its own.
 
+    An offline algorithm (one that learns from ``inputs`` and takes no env steps) sets the
+    class attribute ``offline = True``, takes ``num_steps: 0`` and defines ``num_iterations``.
+    """
+
+    offline: ClassVar[bool] = False
     algo: str
     env: str = "CartPole-v1"
     env_kwargs: dict = dataclasses.field(default_factory=dict)
@@ -55,15 +57,12 @@ class Config:
     activation: str = "tanh"
     normalize_obs: bool = False
     normalize_reward: bool = False
-    anneal_lr: bool = False  # decay lr linearly to 0 over training
     eval_every: int = 0  # evaluate every N iterations inside the compiled loop (0: never)
     eval_episodes: int = 16  # episodes per evaluation, played in parallel
     eval_deterministic: bool = True  # greedy / mean actions; false samples from the policy
     eval_env_kwargs: dict = dataclasses.field(default_factory=dict)  # eval env = env_kwargs updated by these
     eval_max_steps: int = 100_000  # bound on one evaluation's env steps per episode
     gamma: float = traced(0.99)
-    lr: float = traced(2.5e-4)
-    max_grad_norm: float = traced(0.5)
 
     # ----------------------------------------------------------------- derived sizes
     @property
@@ -72,6 +71,7 @@ class Config:
 
     @property
     def num_iterations(self) -> int:
+        """``total_steps // (num_envs * num_steps)`` (an offline algorithm defines its own)."""
         return self.total_steps // self.steps_per_iteration
 
     # ----------------------------------------------------------------- traced part
@@ -88,13 +88,18 @@ class Config:
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings that cannot run; subclasses extend it."""
-        for name in ("total_steps", "num_envs", "num_steps"):
+        for name in ("total_steps", "num_envs"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        require(
-            self.total_steps >= self.steps_per_iteration,
-            f"total_steps={self.total_steps} is less than one iteration "
-            f"(num_envs * num_steps = {self.steps_per_iteration})",
-        )
+        if self.offline:
+            require(self.num_steps == 0, f"algo {self.algo!r} learns offline (no env steps): num_steps must be 0, "
+                                         f"got {self.num_steps}")
+        else:
+            require(self.num_steps >= 1, f"num_steps must be >= 1, got {self.num_steps}")
+            require(
+                self.total_steps >= self.steps_per_iteration,
+                f"total_steps={self.total_steps} is less than one iteration "
+                f"(num_envs * num_steps = {self.steps_per_iteration})",
+            )
         require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
                  f"hidden must list positive layer widths, got {self.hidden}")
         require(self.activation in ACTIVATIONS,
@@ -103,12 +108,10 @@ class Config:
         require(self.eval_episodes >= 1, f"eval_episodes must be >= 1, got {self.eval_episodes}")
         require(self.eval_max_steps >= 1, f"eval_max_steps must be >= 1, got {self.eval_max_steps}")
         require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1], got {self.gamma}")
-        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        require(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
 
     def rounding_note(self) -> str | None:
         """Why the run takes fewer env steps than ``total_steps`` asked for, if it does."""
-        if self.total_steps % self.steps_per_iteration == 0:
+        if self.offline or self.total_steps % self.steps_per_iteration == 0:
             return None
         return (f"total_steps={self.total_steps} is not a multiple of num_envs * num_steps = "
                 f"{self.steps_per_iteration}: running {self.num_iterations} iterations = "
@@ -126,22 +129,6 @@ class Config:
 def require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
-
-
-# --------------------------------------------------------------------------- algorithms
-def algo_names() -> list[str]:
-    """Algorithms available: one module per family under ``jaxrl/algos``."""
-    import jaxrl.algos
-
-    return sorted(m.name for m in pkgutil.iter_modules(jaxrl.algos.__path__) if not m.name.startswith("_"))
-
-
-def algo_module(name: str) -> types.ModuleType:
-    """The module implementing algorithm ``name`` (it defines ``Config``, ``init``, ``act``, ``learn``)."""
-    names = algo_names()
-    if name not in names:
-        raise ConfigError(f"unknown algo {name!r}; available: {', '.join(names)}" + suggest(name, names))
-    return importlib.import_module(f"jaxrl.algos.{name}")
 
 
 # Names other RL libraries use for our keys, so a user coming from them gets pointed right.
@@ -164,7 +151,8 @@ def config_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_yaml(name_or_path: str | Path) -> dict[str, Any]:
+def read_yaml(name_or_path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML file, or in the bundled config of that name."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -216,24 +204,6 @@ def _grid_value(text: str):
         return float(text) if any(c in text for c in ".eE") else int(text)
     except ValueError:
         return yaml.safe_load(text)
-
-
-def load_config(name_or_path: str | Path, **overrides: Any) -> Config:
-    """Load a bundled config by name (``"ppo_cartpole"``) or a YAML path, apply overrides, validate.
-
-    Overrides are keyword arguments (``load_config("ppo_cartpole", lr=1e-3)``); a ``dict`` given
-    for ``env_kwargs`` is merged into the file's ``env_kwargs``.
-    """
-    data = _read_yaml(name_or_path)
-    if "algo" not in data and "algo" not in overrides:
-        raise ConfigError(f"config {str(name_or_path)!r} has no 'algo' key; algorithms: {', '.join(algo_names())}")
-    for key, value in overrides.items():
-        if key == "env_kwargs" and isinstance(value, dict):
-            data["env_kwargs"] = {**(data.get("env_kwargs") or {}), **value}
-        else:
-            data[key] = value
-    cls = algo_module(str(data.get("algo"))).Config
-    return build(cls, data)
 
 
 def build(cls: type[Config], data: dict[str, Any]) -> Config:

@@ -1,13 +1,16 @@
-"""The one training loop: ``make_train(config)`` builds a pure ``train(key, hparams)``.
+"""The one training loop: ``make_train(config)`` builds a pure ``train(key, hparams, inputs)``.
 
-An algorithm module supplies ``Config``, ``init(ctx, key)``, ``act(ctx, agent, obs, key)`` and
-``learn(ctx, agent, traj, key)`` (plus an optional ``check(config, spec, devices)``); everything else —
-the rollout (:mod:`jaxrl.rollout`), episode statistics, observation normalisation, reward
-scaling, metrics and iteration — lives here, once.
+An algorithm module supplies ``Config``, ``init``, ``act`` and ``learn`` (see :mod:`jaxrl.core`
+for the protocol); everything else — the rollout (:mod:`jaxrl.rollout`), each env's carry,
+episode statistics, observation normalisation, reward scaling, evaluation, divergence detection,
+metrics and iteration — lives here, once, for every algorithm.
 
 One iteration = a rollout of ``num_steps`` steps in each of ``num_envs`` envs (``lax.scan``),
-then ``learn`` on that time-major batch. ``train`` scans iterations; the same iteration body
-also runs in chunks (``train.run_chunk``) so a host driver can report progress between them.
+then ``learn`` on that raw time-major batch; an offline algorithm (``num_steps: 0``) skips the
+rollout and learns from ``inputs``. Observation statistics are frozen during an iteration (the
+agent acts and learns with the same ones) and updated from the rollout at its end. ``train``
+scans iterations; the same iteration body also runs in chunks (``train.run_chunk``) so a host
+driver can report progress between them.
 
 Data parallel (``make_train(config, data_parallel=D)``, see :mod:`jaxrl.parallel`): the same
 iteration body runs under ``jax.shard_map`` on each device's ``num_envs / D`` envs, with
@@ -19,88 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import types
 import warnings
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
-from jaxrl import envs, parallel, replay
-from jaxrl.config import ON_DIVERGENCE, Config, ConfigError, RoundingWarning, algo_module
+from jaxrl import envs, parallel
+from jaxrl.algos import algo_module
+from jaxrl.config import Config, ConfigError, RoundingWarning
+from jaxrl.core import Context, Metrics, Spec, map_per_device, nan_like
+from jaxrl.evaluate import make_evaluate
 from jaxrl.normalize import RewardScaler, RunningStats
-from jaxrl.rollout import Transition, make_rollout
-
-Metrics = dict[str, jax.Array]
-
-
-class Spec(NamedTuple):
-    """What an algorithm needs to know about the environment."""
-
-    obs_shape: tuple[int, ...]
-    action_space: Any  # envs.Discrete | envs.Box
-
-    @property
-    def discrete(self) -> bool:
-        return isinstance(self.action_space, envs.Discrete)
-
-    @property
-    def action_dim(self) -> int:
-        """Number of actions (discrete) or action vector size (continuous)."""
-        space = self.action_space
-        return int(space.n) if self.discrete else math.prod(space.shape)
-
-
-class Context(NamedTuple):
-    """Everything an algorithm function may read: static config and spec, traced values.
-
-    ``iteration`` comes from the scan over iterations, not from the (possibly vmapped) train
-    state, so it is unbatched across seeds: conditionals on it stay real branches.
-
-    ``axis`` names the mesh axis of a data-parallel run (None otherwise): the data an algorithm
-    sees (rollout, minibatches, its replay buffer) is then this device's share, and
-    :func:`jaxrl.optim.gradient_step` with ``axis=ctx.axis`` averages gradients over devices.
-    """
-
-    config: Config
-    spec: Spec
-    hp: dict[str, jax.Array]  # traced hyperparameters
-    iteration: jax.Array  # int32 index of the current iteration
-    axis: str | None = None
-
-    @property
-    def devices(self) -> int:
-        """Devices the run is split over (1 unless data parallel): local shares of the
-        configured sizes (a minibatch, a replay buffer) are ``1 / devices`` of them."""
-        return 1 if self.axis is None else jax.lax.axis_size(self.axis)
-
-    def sum(self, tree: Any) -> Any:
-        """Sums of each array of ``tree`` over every device's data."""
-        sums = jax.tree.map(jnp.sum, tree)
-        return sums if self.axis is None else jax.lax.psum(sums, self.axis)
-
-    def mean(self, x: jax.Array) -> jax.Array:
-        """Mean of ``x`` over every device's data (equal shares on every device)."""
-        return x.mean() if self.axis is None else jax.lax.pmean(x.mean(), self.axis)
-
-    @property
-    def progress(self) -> jax.Array:
-        """Fraction of training done at the start of this iteration, in [0, 1)."""
-        return self.iteration.astype(jnp.float32) / self.config.num_iterations
-
-    @property
-    def env_steps(self) -> jax.Array:
-        """Env steps taken before this iteration (float32)."""
-        return self.iteration.astype(jnp.float32) * self.config.steps_per_iteration
-
-    def learning_rate(self) -> jax.Array:
-        """``lr``, linearly annealed to 0 over training when ``config.anneal_lr``."""
-        if self.config.anneal_lr:
-            return self.hp["lr"] * (1.0 - self.progress)
-        return self.hp["lr"]
+from jaxrl.rollout import EnvSide, make_rollout
 
 
 class TrainState(struct.PyTreeNode):
@@ -112,8 +49,7 @@ class TrainState(struct.PyTreeNode):
     """
 
     agent: Any
-    env_state: Any
-    obs: jax.Array
+    env: EnvSide  # per env: env states, last observations, episode starts, the agent's carry
     obs_stats: RunningStats
     reward_scaler: RewardScaler
     key: jax.Array
@@ -126,24 +62,22 @@ class TrainOutput(struct.PyTreeNode):
     metrics: Metrics  # each of shape (num_iterations,) (plus leading vmap axes)
 
 
-def nan_like(shapes: Any) -> Any:
-    """NaN-filled arrays shaped like ``shapes`` (from ``jax.eval_shape``): the metrics of a step
-    that was skipped (a ``lax.cond`` branch that did not run)."""
-    return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
-
-
 def finite(agent: Any, stats: Any, learn_metrics: Metrics) -> jax.Array:
     """Whether a learner is still healthy: every float in ``agent`` and ``stats`` is finite and
     no metric ``learn`` reported is infinite (a NaN metric can be by design, e.g. before a
     replay buffer has filled; a NaN loss makes NaN parameters one step later anyway).
 
-    Replay buffers are left out: they hold data, not learned state, and are the one part of an
-    agent whose size grows with the run (checking them every iteration would cost time).
+    Per-device state (:func:`jaxrl.core.per_device`, e.g. replay buffers) is left out: it holds
+    data, not learned state, and is the one part of an agent whose size grows with the run
+    (checking it every iteration would cost time).
     """
-    is_buffer = lambda x: isinstance(x, replay.Buffer)  # noqa: E731
-    leaves = [x for x in jax.tree.leaves((agent, stats), is_leaf=is_buffer)
-              if not is_buffer(x) and jnp.issubdtype(x.dtype, jnp.floating)]
-    checks = [jnp.isfinite(x).all() for x in leaves]
+    checks: list[jax.Array] = []
+
+    def check(x: jax.Array) -> None:
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            checks.append(jnp.isfinite(x).all())
+
+    map_per_device((agent, stats), check, lambda x: None)
     checks += [~jnp.isinf(v).any() for v in learn_metrics.values() if jnp.issubdtype(v.dtype, jnp.floating)]
     return jnp.stack(checks).all() if checks else jnp.bool_(True)
 
@@ -190,14 +124,21 @@ def make_env(config: Config) -> tuple[envs.Environment, Any]:
     return envs.wrap_for_training(env), params
 
 
+def _broadcast(tree: Any, n: int) -> Any:
+    """``tree`` (one env's value) repeated for ``n`` envs along a new leading axis."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), tree)
+
+
 def make_train(config: Config, data_parallel: parallel.DataParallel | None = None) -> types.FunctionType:
-    """Build ``train(key, hparams=None) -> TrainOutput`` for ``config``.
+    """Build ``train(key, hparams=None, inputs=None) -> TrainOutput`` for ``config``.
 
     ``hparams`` maps traced hyperparameter names to (possibly batched) values; missing names
     take the config's values. Keys ``env.<name>`` replace numeric fields of the env params
-    (e.g. ``env.gravity``), so environment variations can be vmapped and swept too. The
-    returned function also carries ``init(key, hparams)``, ``run_chunk(state, hparams, start,
-    length)`` and ``num_iterations`` for chunked drivers.
+    (e.g. ``env.gravity``), so environment variations can be vmapped and swept too. ``inputs``
+    is any pytree the algorithm reads as ``ctx.inputs`` (a dataset, meta-parameters); vmap over
+    seeds with ``in_axes=None`` for it so it is shared, not copied. The returned function also
+    carries ``init(key, hparams, inputs)``, ``run_chunk(state, hparams, start, inputs, length=)``
+    and ``num_iterations`` for chunked drivers.
 
     ``data_parallel`` (a device count, a list of devices or a 1-D mesh, see
     :mod:`jaxrl.parallel`) splits the run's envs over those devices: ``train``, ``init`` and
@@ -210,8 +151,7 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
         warnings.warn(config.rounding_note(), RoundingWarning, stacklevel=2)
     algo = algo_module(config.algo)
     env, env_params = make_env(config)
-    obs_space = env.observation_space(env_params)
-    spec = Spec(tuple(obs_space.shape), env.action_space(env_params))
+    spec = Spec(tuple(env.observation_space(env_params).shape), env.action_space(env_params))
     mesh = None if data_parallel is None else parallel.make_mesh(data_parallel)
     devices = 1 if mesh is None else mesh.size
     axis = None if mesh is None else parallel.AXIS
@@ -220,15 +160,12 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
                           f"(data parallel: every device steps an equal share of the envs)")
     if hasattr(algo, "check"):
         algo.check(config, spec, devices)
-    n_envs, n_steps, n_iters = config.num_envs, config.num_steps, config.num_iterations
+    n_envs, n_iters = config.num_envs, config.num_iterations
     n_local = n_envs // devices  # envs per device
-    rollout = make_rollout(env, n_local, n_steps)
-    evaluate = None
-    if config.eval_every:
-        from jaxrl.evaluate import make_evaluate
-
-        evaluate = make_evaluate(config, algo, lambda hp, i: Context(config, spec, hp, i))
-
+    online = config.num_steps > 0  # offline algorithms learn from inputs alone
+    rollout = make_rollout(env, n_local, config.num_steps) if online else None
+    init_carry = getattr(algo, "init_carry", lambda ctx: ())
+    evaluate = make_evaluate(config, algo, spec) if config.eval_every else None
     env_defaults = env_param_values(env_params)
 
     def hparams_of(hparams: dict | None) -> dict[str, jax.Array]:
@@ -248,91 +185,85 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
         swept = {k.removeprefix(ENV_PREFIX): v for k, v in hp.items() if k.startswith(ENV_PREFIX)}
         return env_params.replace(**swept) if swept else env_params
 
+    def context(hp: dict, i: jax.Array, inputs: Any = None, obs_stats: Any = None) -> Context:
+        return Context(config, spec, hp, i, axis, inputs, obs_stats)
+
     specs = None
     if mesh is not None:  # what is per device (sharded over the env axis) and what is replicated
         P, sharded = PartitionSpec, PartitionSpec(axis)
-        example = jax.eval_shape(lambda k: algo.init(Context(config, spec, config.hparams(), jnp.int32(0)), k),
-                                 jax.random.key(0))
-        specs = parallel.state_specs(
-            TrainState(None, sharded, sharded, P(), RewardScaler(sharded, P()), P(), P(), P()), example, sharded)
+        example = jax.eval_shape(lambda k: algo.init(context(config.hparams(), jnp.int32(0)), k), jax.random.key(0))
+        specs = TrainState(parallel.agent_specs(example), sharded, P(), RewardScaler(sharded, P()), P(), P(), P())
 
-    def init(key: jax.Array, hparams: dict | None = None) -> TrainState:
+    def init(key: jax.Array, hparams: dict | None = None, inputs: Any = None) -> TrainState:
         hp = hparams_of(hparams)
         key, k_env, k_agent = jax.random.split(key, 3)
         env_keys = jax.random.split(k_env, n_envs)  # this device's slice of the run's env keys
         if axis is not None:
             env_keys = jax.lax.dynamic_slice_in_dim(env_keys, jax.lax.axis_index(axis) * n_local, n_local)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(env_keys, params_of(hp))
-        agent = algo.init(Context(config, spec, hp, jnp.int32(0), axis), k_agent)  # same key: same params
-        state = TrainState(agent, env_state, obs, RunningStats.create(spec.obs_shape),
-                           RewardScaler.create(n_local), key, jnp.int32(0), jnp.int32(-1))
+        ctx = context(hp, jnp.int32(0), inputs)
+        agent = algo.init(ctx, k_agent)  # same key on every device: same params
+        side = EnvSide(env_state, obs, jnp.ones(n_local, bool), _broadcast(init_carry(ctx), n_local))
+        state = TrainState(agent, side, RunningStats.create(spec.obs_shape), RewardScaler.create(n_local), key,
+                           jnp.int32(0), jnp.int32(-1))
         return state if axis is None else parallel.to_varying(state, specs, axis)
 
-    def iteration(state: TrainState, hp: dict, i: jax.Array) -> tuple[TrainState, Metrics]:
-        ctx = Context(config, spec, hp, i, axis)
+    def iteration(state: TrainState, hp: dict, i: jax.Array, inputs: Any) -> tuple[TrainState, Metrics]:
+        ctx = context(hp, i, inputs, state.obs_stats)  # statistics frozen for the iteration
         key, k_roll, k_learn, k_eval = jax.random.split(state.key, 4)
         k_roll, k_learn = parallel.local_key(k_roll, axis), parallel.local_key(k_learn, axis)
-        normalize = state.obs_stats.normalize if config.normalize_obs else (lambda x: x)
+        side, obs_stats, scaler, traj, episode_metrics = state.env, state.obs_stats, state.reward_scaler, None, {}
+        if online:
+            def act(carry: Any, obs: jax.Array, k: jax.Array):
+                return algo.act(ctx, state.agent, carry, ctx.normalize(obs), k)
 
-        def act(obs: jax.Array, k: jax.Array) -> tuple[jax.Array, dict]:
-            return algo.act(ctx, state.agent, normalize(obs), k)
-
-        (env_state, obs), traj, episodes = rollout(state.env_state, state.obs, act, k_roll, params_of(hp))
-
-        obs_stats, scaler = state.obs_stats, state.reward_scaler
-        if config.normalize_obs:  # learn on exactly what the policy saw (the old statistics)
-            obs_stats = obs_stats.update(traj.obs, axis)
-            traj = traj.replace(obs=normalize(traj.obs), next_obs=normalize(traj.next_obs))
-        if config.normalize_reward:
-            scaler, scaled = scaler.scale(traj.reward, traj.terminated | traj.truncated, hp["gamma"], axis)
-            traj = traj.replace(reward=scaled)
+            initial = _broadcast(init_carry(ctx), n_local)
+            side, traj, episodes = rollout(state.env, initial, act, k_roll, params_of(hp))
+            if config.normalize_obs:
+                obs_stats = obs_stats.update(traj.obs, axis)
+            if config.normalize_reward:
+                scaler, scaled = scaler.scale(traj.reward, traj.terminated | traj.truncated, hp["gamma"], axis)
+                traj = traj.replace(reward=scaled)
+            episode_metrics = _episode_metrics(ctx, episodes)
 
         agent, metrics = algo.learn(ctx, state.agent, traj, k_learn)
         healthy = finite(agent, (obs_stats, scaler.stats), metrics)
         diverged_at = jnp.where((state.diverged_at < 0) & ~healthy, i, state.diverged_at)
-        done = episodes.done
-        finished, returns, lengths = ctx.sum(  # over every device's envs
-            (done, episodes.returns * done, episodes.lengths.astype(jnp.float32) * done))
-        mean_of_finished = lambda total: jnp.where(finished > 0, total / jnp.maximum(finished, 1), jnp.nan)  # noqa: E731
-        metrics = {
-            "env_steps": ctx.env_steps + config.steps_per_iteration,
-            "episodes": finished.astype(jnp.float32),
-            "episode_return": mean_of_finished(returns),
-            "episode_length": mean_of_finished(lengths),
-            **metrics,
-        }
-        new_state = TrainState(agent, env_state, obs, obs_stats, scaler, key, state.iteration + 1, diverged_at)
+        metrics = {"env_steps": ctx.env_steps + config.steps_per_iteration, **episode_metrics, **metrics}
+        new_state = TrainState(agent, side, obs_stats, scaler, key, state.iteration + 1, diverged_at)
         if evaluate is not None:  # after the update, on iterations eval_every, 2*eval_every, ...
             # (data parallel: every device plays the same episodes with the same key and the same
             # replicated params, so the result is replicated too)
             due = (i + 1) % config.eval_every == 0
-            skipped = nan_like(jax.eval_shape(evaluate, new_state, hp, k_eval))
-            metrics |= jax.lax.cond(due, lambda: evaluate(new_state, hp, k_eval), lambda: skipped)
+            eval_ctx = context(hp, i + 1, inputs, obs_stats)
+            play = lambda: evaluate(eval_ctx, new_state.agent, k_eval)  # noqa: E731
+            metrics |= jax.lax.cond(due, play, lambda: nan_like(jax.eval_shape(play)))
         return new_state, metrics
 
-    def run_chunk(state: TrainState, hparams: dict | None, start: jax.Array, length: int) -> tuple[TrainState, Metrics]:
+    def run_chunk(state: TrainState, hparams: dict | None, start: jax.Array, inputs: Any = None, *,
+                  length: int) -> tuple[TrainState, Metrics]:
         """``length`` iterations from iteration ``start``; those past the end are skipped.
 
         ``start`` is an unbatched int32, so one compiled chunk serves every chunk of a run,
         the last (partial) one included; skipped iterations return NaN metrics.
         """
         hp = hparams_of(hparams)
-        empty = nan_like(jax.eval_shape(iteration, state, hp, jnp.int32(0))[1])
+        empty = nan_like(jax.eval_shape(iteration, state, hp, jnp.int32(0), inputs)[1])
 
         def body(state, i):
-            return jax.lax.cond(i < n_iters, lambda s: iteration(s, hp, i), lambda s: (s, empty), state)
+            return jax.lax.cond(i < n_iters, lambda s: iteration(s, hp, i, inputs), lambda s: (s, empty), state)
 
         return jax.lax.scan(body, state, start + jnp.arange(length, dtype=jnp.int32))
 
-    def train(key: jax.Array, hparams: dict | None = None) -> TrainOutput:
+    def train(key: jax.Array, hparams: dict | None = None, inputs: Any = None) -> TrainOutput:
         hp = hparams_of(hparams)
 
         def body(carry, _):  # the index rides in the carry: no per-iteration input array
             state, i = carry
-            state, metrics = iteration(state, hp, i)
+            state, metrics = iteration(state, hp, i, inputs)
             return (state, i + 1), metrics
 
-        (state, _), metrics = jax.lax.scan(body, (init(key, hp), jnp.int32(0)), length=n_iters)
+        (state, _), metrics = jax.lax.scan(body, (init(key, hp, inputs), jnp.int32(0)), length=n_iters)
         return TrainOutput(state, metrics)
 
     # data parallel: the same functions, each device running them on its share (under new names:
@@ -348,25 +279,35 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
     return out
 
 
+def _episode_metrics(ctx: Context, episodes: Any) -> Metrics:
+    """``episodes`` (finished in the iteration) and their mean ``episode_return`` and
+    ``episode_length`` (NaN when none finished), over every device's envs."""
+    done = episodes.done
+    finished, returns, lengths = ctx.sum((done, episodes.returns * done, episodes.lengths.astype(jnp.float32) * done))
+    mean_of_finished = lambda total: jnp.where(finished > 0, total / jnp.maximum(finished, 1), jnp.nan)  # noqa: E731
+    return {"episodes": finished.astype(jnp.float32), "episode_return": mean_of_finished(returns),
+            "episode_length": mean_of_finished(lengths)}
+
+
 def _shard_mapped(mesh: Mesh, specs: Any, train, init, run_chunk) -> tuple:
-    """``train``, ``init`` and ``run_chunk`` run per device under ``jax.shard_map``: keys and
-    hparams replicated in, the state in and out as ``specs`` say, metrics replicated out.
+    """``train``, ``init`` and ``run_chunk`` run per device under ``jax.shard_map``: keys, hparams
+    and inputs replicated in, the state in and out as ``specs`` say, metrics replicated out.
     Replicated outputs are checked: a value that differs across devices fails to trace."""
     P = PartitionSpec
 
     def shard(f, in_specs, out_specs):
         return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
 
-    def init_all(key: jax.Array, hparams: dict | None = None) -> TrainState:
-        return shard(init, (P(), P()), specs)(key, hparams)
+    def init_all(key: jax.Array, hparams: dict | None = None, inputs: Any = None) -> TrainState:
+        return shard(init, (P(), P(), P()), specs)(key, hparams, inputs)
 
-    def run_chunk_all(state: TrainState, hparams: dict | None, start: jax.Array,
+    def run_chunk_all(state: TrainState, hparams: dict | None, start: jax.Array, inputs: Any = None, *,
                       length: int) -> tuple[TrainState, Metrics]:
         chunk = functools.partial(run_chunk, length=length)
-        return shard(chunk, (specs, P(), P()), (specs, P()))(state, hparams, start)
+        return shard(chunk, (specs, P(), P(), P()), (specs, P()))(state, hparams, start, inputs)
 
-    def train_all(key: jax.Array, hparams: dict | None = None) -> TrainOutput:
-        return shard(train, (P(), P()), TrainOutput(specs, P()))(key, hparams)
+    def train_all(key: jax.Array, hparams: dict | None = None, inputs: Any = None) -> TrainOutput:
+        return shard(train, (P(), P(), P()), TrainOutput(specs, P()))(key, hparams, inputs)
 
     return train_all, init_all, run_chunk_all
 

@@ -22,8 +22,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from jaxrl import replay
 from jaxrl.config import ConfigError
+from jaxrl.core import map_per_device
 
 AXIS = "data"  # the mesh axis a data-parallel run's envs are split over
 
@@ -51,17 +51,12 @@ def make_mesh(data_parallel: DataParallel) -> Mesh:
     return Mesh(np.array(devices), (AXIS,))
 
 
-def state_specs(state: Any, agent: Any, sharded: PartitionSpec) -> Any:
-    """Partition specs for a train state: ``state`` is a structure (e.g. ``TrainState``) whose
-    leaves are already specs, except ``agent``, which is given as an example agent state. The
-    agent is replicated except for the contents of replay buffers, which are ``sharded``."""
-
-    def agent_part(x: Any) -> Any:
-        if isinstance(x, replay.Buffer):
-            return x.replace(data=jax.tree.map(lambda _: sharded, x.data), pos=PartitionSpec(), size=PartitionSpec())
-        return PartitionSpec()
-
-    return state.replace(agent=jax.tree.map(agent_part, agent, is_leaf=lambda x: isinstance(x, replay.Buffer)))
+def agent_specs(agent: Any) -> Any:
+    """Partition specs for an agent's state (``agent`` may be abstract, from ``jax.eval_shape``):
+    replicated, except under :func:`jaxrl.core.per_device` fields, whose arrays are split over
+    the devices along their leading (env) axis (their scalars, equal everywhere, stay replicated)."""
+    return map_per_device(agent, lambda x: PartitionSpec(),
+                          lambda x: PartitionSpec(AXIS) if len(x.shape) else PartitionSpec())
 
 
 def to_varying(tree: Any, specs: Any, axis: str) -> Any:
@@ -90,13 +85,3 @@ def local_key(key: jax.Array, axis: str | None) -> jax.Array:
     if axis is None or jax.lax.axis_size(axis) == 1:
         return key
     return jax.random.fold_in(key, jax.lax.axis_index(axis))
-
-
-def vary_like(x: Any, like: jax.Array) -> Any:
-    """``x`` cast to vary over the mesh axes ``like`` varies over (a no-op outside ``shard_map``).
-
-    A ``scan`` carry that starts as a constant (zeros) but takes in per-device data must be
-    device-varying from the start, or ``shard_map``'s type check rejects the scan.
-    """
-    missing = tuple(sorted(jax.typeof(like).vma - jax.typeof(x).vma))
-    return jax.lax.pcast(x, missing, to="varying") if missing else x

@@ -31,7 +31,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxrl import parallel
+from jaxrl.core import vary_like
 
 __all__ = ["gae", "td_lambda", "nstep_returns"]
 
@@ -97,7 +97,7 @@ def _reverse_linear_scan(x: Array, c: Array, last: Array) -> Array:
         y_t = x_t + c_t * y_next
         return y_t, y_t
 
-    init = parallel.vary_like(jnp.broadcast_to(last, x.shape[1:]).astype(x.dtype), x)  # data parallel
+    init = vary_like(jnp.broadcast_to(last, x.shape[1:]).astype(x.dtype), x)  # data parallel
     _, y = lax.scan(step, init, (x, c), reverse=True, unroll=16)
     return y
 

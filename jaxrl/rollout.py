@@ -4,6 +4,10 @@ All the randomness of a rollout is drawn before the scan, in one batched key spl
 ``(num_steps, 1 + num_envs)`` (one key for acting, one per env): a split inside every step
 would add two more random-number kernels to each of the many small steps, and on a CPU a
 rollout of a small network is bound by per-kernel overhead.
+
+Each env carries a memory of the agent's (``carry``: a recurrent state, per-env noise; ``()``
+for feed-forward agents). Where an episode starts (``first``) it is replaced by the fresh
+``initial_carry`` before the agent acts.
 """
 
 from __future__ import annotations
@@ -12,22 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 from jaxrl import envs
-
-
-class Transition(struct.PyTreeNode):
-    """A time-major rollout ``(T, N, ...)``; ``next_obs`` is the true next observation (the
-    final one at episode ends, before the auto-reset), for bootstrapping at truncations."""
-
-    obs: jax.Array
-    action: jax.Array
-    reward: jax.Array
-    terminated: jax.Array
-    truncated: jax.Array
-    next_obs: jax.Array
-    extras: dict[str, jax.Array]  # whatever ``act`` returned (log-probs, values, ...)
+from jaxrl.core import Transition
 
 
 class Episodes(struct.PyTreeNode):
@@ -38,28 +31,48 @@ class Episodes(struct.PyTreeNode):
     lengths: jax.Array
 
 
-Act = Callable[[jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+class EnvSide(struct.PyTreeNode):
+    """Everything per env that a rollout continues from: env states, the last observations,
+    whether each is the first of an episode, and the agent's per-env memory."""
+
+    env_state: Any
+    obs: jax.Array
+    first: jax.Array
+    carry: Any
+
+
+Act = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any, dict[str, jax.Array]]]
+
+
+def fresh_carry(first: jax.Array, initial: Any, carry: Any) -> Any:
+    """``carry`` with the envs where ``first`` is set back to ``initial`` (both batched)."""
+
+    def select(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.where(first.reshape(first.shape + (1,) * (a.ndim - first.ndim)), a, b)
+
+    return jax.tree.map(select, initial, carry)
 
 
 def make_rollout(env: envs.Environment, num_envs: int, num_steps: int) -> Callable[..., Any]:
-    """Build ``rollout(env_state, obs, act, key, env_params) -> ((env_state, obs), Transition, Episodes)``.
+    """Build ``rollout(side, initial_carry, act, key, env_params) -> (side, Transition, Episodes)``.
 
     ``env`` is wrapped for training (auto-reset keeping ``info["final_obs"]``, episode
-    statistics); ``act(obs, key) -> (action, extras)`` acts on a ``(num_envs, ...)`` batch.
+    statistics); ``act(carry, obs, key) -> (action, carry, extras)`` acts on a ``(num_envs, ...)``
+    batch; ``initial_carry`` is the batched memory an episode starts with.
     """
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-    def rollout(env_state: Any, obs: jax.Array, act: Act, key: jax.Array, env_params: Any):
-        def step(carry, keys):
-            env_state, obs = carry
-            action, extras = act(obs, keys[0])
-            next_obs, env_state, reward, term, trunc, info = step_envs(keys[1:], env_state, action, env_params)
-            transition = Transition(obs, action, reward, term, trunc, info["final_obs"], extras)
+    def rollout(side: EnvSide, initial_carry: Any, act: Act, key: jax.Array, env_params: Any):
+        def step(side: EnvSide, keys: jax.Array):
+            carry = fresh_carry(side.first, initial_carry, side.carry)
+            action, carry, extras = act(carry, side.obs, keys[0])
+            next_obs, env_state, reward, term, trunc, info = step_envs(keys[1:], side.env_state, action, env_params)
+            transition = Transition(side.obs, action, reward, term, trunc, info["final_obs"], side.first, extras)
             episodes = Episodes(info["episode_done"], info["episode_return"], info["episode_length"])
-            return (env_state, next_obs), (transition, episodes)
+            return EnvSide(env_state, next_obs, term | trunc, carry), (transition, episodes)
 
         keys = jax.random.split(key, (num_steps, 1 + num_envs))
-        carry, (traj, episodes) = jax.lax.scan(step, (env_state, obs), keys)
-        return carry, traj, episodes
+        side, (traj, episodes) = jax.lax.scan(step, side, keys)
+        return side, traj, episodes
 
     return rollout

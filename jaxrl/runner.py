@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import math
 import sys
 import time
@@ -26,7 +27,8 @@ import numpy as np
 from jaxrl import metrics as M
 from jaxrl.compile_cache import counting, describe
 from jaxrl.config import Config
-from jaxrl.loop import ON_DIVERGENCE, DivergenceWarning, TrainState, divergence_note, make_train, seed_keys
+from jaxrl.config import ON_DIVERGENCE
+from jaxrl.loop import DivergenceWarning, TrainState, divergence_note, make_train, seed_keys
 from jaxrl.parallel import DataParallel
 
 
@@ -145,6 +147,7 @@ def train_seeds(
     progress: bool = False,
     data_parallel: DataParallel | None = None,
     on_divergence: str = "stop",
+    inputs: Any = None,
 ) -> Run:
     """Train seeds ``config.seed .. config.seed + num_seeds - 1`` in one compiled program.
 
@@ -178,6 +181,10 @@ def train_seeds(
     the newest checkpoint in which every seed was finite is kept: ``Run.last_finite_step``);
     ``"warn"`` goes on. Either way each newly diverged seed is reported once with a
     :class:`DivergenceWarning`, and ``Run.diverged_at`` / ``Run.diverged`` say which and when.
+
+    ``inputs`` (a dataset, meta-parameters: see :func:`jaxrl.loop.make_train`) is shared by every
+    seed and not checkpointed; a checkpoint records its fingerprint (shapes, dtypes and a hash of
+    the values), and a run resumes only with the same inputs.
     """
     if on_divergence not in ON_DIVERGENCE:
         raise ValueError(f"on_divergence must be one of {', '.join(ON_DIVERGENCE)}, got {on_divergence!r}")
@@ -193,6 +200,7 @@ def train_seeds(
     keys = seed_keys(config.seed, num_seeds)
 
     restored = None
+    fingerprint = inputs_fingerprint(inputs) if checkpoint_dir is not None else None
     with contextlib.ExitStack() as cleanup:  # on any exit: close the bar, then finish the last save
         ckpt = None
         if checkpoint_dir is not None:
@@ -200,10 +208,10 @@ def train_seeds(
 
             ckpt = cleanup.enter_context(Checkpointer(checkpoint_dir, keep=keep, async_save=True))
         if resume and ckpt.latest_step() is not None:
-            _check_resumable(ckpt.meta(), config, num_seeds, hparams, devices)
-            abstract = jax.eval_shape(jax.vmap(train.init, in_axes=(0, None)), keys, hparams)
+            _check_resumable(ckpt.meta(), config, num_seeds, hparams, devices, fingerprint)
+            abstract = jax.eval_shape(jax.vmap(train.init, in_axes=(0, None, None)), keys, hparams, inputs)
             restored = ckpt.restore(abstract)
-            _check_resumable(restored.meta, config, num_seeds, hparams, devices)
+            _check_resumable(restored.meta, config, num_seeds, hparams, devices, fingerprint)
             chunk_size = chunk_size or restored.meta["chunk_size"]
         chunk_size = chunk_size or default_chunk_size(n_iters)
         if chunk_size < 1:
@@ -212,13 +220,13 @@ def train_seeds(
 
         start = time.perf_counter()
         with counting() as cache:
-            init = jax.jit(jax.vmap(train.init, in_axes=(0, None))).lower(keys, hparams).compile()
+            init = jax.jit(jax.vmap(train.init, in_axes=(0, None, None))).lower(keys, hparams, inputs).compile()
             # a restored state goes where a fresh one would be (data parallel: sharded over the mesh)
-            state = (init(keys, hparams) if restored is None
+            state = (init(keys, hparams, inputs) if restored is None
                      else jax.device_put(restored.state, init.output_shardings))
             run_chunk = functools.partial(train.run_chunk, length=chunk_size)
-            chunk = jax.jit(jax.vmap(run_chunk, in_axes=(0, None, None)))
-            chunk = chunk.lower(state, hparams, jnp.int32(0)).compile()
+            chunk = jax.jit(jax.vmap(run_chunk, in_axes=(0, None, None, None)))
+            chunk = chunk.lower(state, hparams, jnp.int32(0), inputs).compile()
             jax.block_until_ready(state)
         compile_seconds = time.perf_counter() - start
 
@@ -256,7 +264,7 @@ def train_seeds(
         last_save = time.perf_counter()
         for n_chunk, first in enumerate(range(done, n_iters if not stopped else done, chunk_size), 1):
             t0 = time.perf_counter()
-            state, metrics = chunk(state, hparams, jnp.int32(first))
+            state, metrics = chunk(state, hparams, jnp.int32(first), inputs)
             metrics, diverged_at = jax.device_get((metrics, state.diverged_at))  # blocks until done
             run_seconds += time.perf_counter() - t0
             valid = min(chunk_size, n_iters - first)
@@ -282,12 +290,13 @@ def train_seeds(
                 # saved in the background: the host copy and the wait for the previous save count here
                 with checkpoint_time():
                     _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices,
-                          diverged_at)
+                          diverged_at, fingerprint)
                 saved = done
             if stopped:
                 break
         if ckpt is not None and saved != done:  # e.g. resumed from a checkpoint of a finished run
-            _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices, diverged_at)
+            _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices, diverged_at,
+                  fingerprint)
         last_finite = None
         if ckpt is not None:
             with checkpoint_time():
@@ -314,13 +323,26 @@ def _merge(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices,
-          diverged_at: np.ndarray) -> None:
+          diverged_at: np.ndarray, fingerprint: dict | None) -> None:
     ckpt.save(state, _merge(pieces), config=config.to_dict(), num_seeds=num_seeds, chunk_size=chunk_size,
               hparams=hparams, run_seconds=run_seconds, devices=devices,
-              diverged=[None if d < 0 else int(d) for d in diverged_at])
+              diverged=[None if d < 0 else int(d) for d in diverged_at], inputs=fingerprint)
 
 
-def _check_resumable(meta: dict, config: Config, num_seeds: int, hparams: dict | None, devices: int = 1) -> None:
+def inputs_fingerprint(inputs: Any) -> dict | None:
+    """What a checkpoint records of ``inputs`` (which it does not store): each leaf's shape and
+    dtype and one SHA-256 of all their values (None for no inputs)."""
+    leaves = jax.tree.leaves(inputs)
+    if not leaves:
+        return None
+    digest = hashlib.sha256()
+    for leaf in leaves:
+        digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    return {"leaves": [[list(np.shape(x)), str(np.result_type(x))] for x in leaves], "sha256": digest.hexdigest()}
+
+
+def _check_resumable(meta: dict, config: Config, num_seeds: int, hparams: dict | None, devices: int,
+                     fingerprint: dict | None) -> None:
     saved = meta["config"]
     now = config.to_dict()
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
@@ -335,3 +357,6 @@ def _check_resumable(meta: dict, config: Config, num_seeds: int, hparams: dict |
     now_hp = None if hparams is None else {k: np.asarray(v).tolist() for k, v in hparams.items()}
     if meta.get("hparams") != now_hp:
         raise ValueError(f"cannot resume: hparams {now_hp} differ from the checkpoint's {meta.get('hparams')}")
+    if meta.get("inputs") != fingerprint:
+        raise ValueError(f"cannot resume: the inputs differ from the ones the run was trained with "
+                         f"(checkpoint: {meta.get('inputs')}; now: {fingerprint})")

@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxrl.config import Config, ConfigError, suggest
-from jaxrl.loop import (ENV_PREFIX, ON_DIVERGENCE, DivergenceWarning, env_param_values, hparam_dtype, make_env,
-                        make_train, seed_keys)
+from jaxrl.config import ON_DIVERGENCE, Config, ConfigError, suggest
+from jaxrl.loop import (ENV_PREFIX, DivergenceWarning, env_param_values, hparam_dtype, make_env, make_train,
+                        seed_keys)
 from jaxrl.metrics import FINAL_EPISODES, final_return
 
 

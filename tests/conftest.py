@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxrl
-from jaxrl.loop import Context
+from jaxrl.core import Context
 
 # In-process `jaxrl train/sweep/bench` calls must not turn on the persistent compilation cache in
 # ~/.cache for the whole test process (test_compile_cache.py runs subprocesses with their own).

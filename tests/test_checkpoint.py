@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl.checkpoint import Checkpointer, abstract_state, load_policy, score
+from jaxrl.checkpoint import Checkpointer, score
 from jaxrl.cli import main
-from jaxrl.config import load_config
+from jaxrl.algos import load_config
+from jaxrl.runs import abstract_state, load_policy
 from jaxrl.runner import train_seeds
 
 SMALL = {

@@ -15,8 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl.checkpoint import Checkpointer, abstract_state, load_policy
-from jaxrl.config import load_config
+from jaxrl.algos import load_config
+from jaxrl.checkpoint import Checkpointer
+from jaxrl.runs import abstract_state, load_policy
 
 SMALL = ["total_steps=6144", "num_steps=64", "update_epochs=1"]  # 24 iterations of 256 steps
 TMP_MARK = ".orbax-checkpoint-tmp"

@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
     from jaxrl import optim, parallel
     from jaxrl.algos import ppo
     from jaxrl.config import ConfigError
-    from jaxrl.loop import Context
+    from jaxrl.core import Context
     from jaxrl.metrics import final_return
     from jaxrl.runner import train_seeds
 
@@ -65,11 +65,12 @@ SCRIPT = textwrap.dedent("""
     mb = {"obs": jax.random.normal(k[0], (B, 4)), "action": jax.random.randint(k[1], (B,), 0, 2),
           "log_prob": -0.7 + 0.1 * jax.random.normal(k[2], (B,)), "value": jax.random.normal(k[3], (B,)),
           "advantage": jax.random.normal(k[4], (B,)), "target": jax.random.normal(k[5], (B,))}
-    tx = optim.adam(jnp.float32(1e6))
+    opt = optim.Optimizer()
+    ctx = ctx._replace(hp={**ctx.hp, "lr": jnp.float32(1e-3)})
 
     def step(params, opt_state, mb, axis=None):
         loss = lambda p, b: ppo.loss(ctx._replace(axis=axis), p, b)  # noqa: E731
-        return optim.gradient_step(tx, jnp.float32(1e-3), params, opt_state, loss, mb, axis=axis)
+        return opt.step(ctx._replace(axis=axis), params, opt_state, loss, mb)
 
     def naive_grad(params, mb):  # the trap: grad w.r.t. the replicated params, then pmean
         loss = lambda p: ppo.loss(ctx._replace(axis="data"), p, mb)[0]  # noqa: E731
@@ -92,7 +93,7 @@ SCRIPT = textwrap.dedent("""
     train = jaxrl.make_train(config, data_parallel=D)
     t0 = time.perf_counter()
     out = jax.block_until_ready(jax.jit(jax.vmap(train))(jaxrl.seed_keys(0, 4)))
-    obs = out.state.obs
+    obs = out.state.env.obs
     report["ppo"] = {
         "seconds": time.perf_counter() - t0, "final_return": final_return(jax.device_get(out.metrics)).tolist(),
         "metric_shapes": sorted({tuple(v.shape) for v in out.metrics.values()}),
@@ -185,8 +186,9 @@ def test_ppo_learns_with_params_identical_on_every_device(report):
 def test_dqn_buffer_split_params_identical_and_chunked_equals_whole(report):
     dqn = report["dqn"]
     assert dqn["differing"] == []
-    assert dqn["buffer_obs"] == [[2, 10_000, 4], "P(None, 'data')"]  # buffer_size over D devices
-    assert dqn["buffer_size"] == [4000 // D] * 2  # each device holds its own envs' transitions
+    # (seeds, envs, steps per env, obs): the env axis split over the devices with the envs
+    assert dqn["buffer_obs"] == [[2, 8, 10_000 // 8, 4], "P(None, 'data')"]
+    assert dqn["buffer_size"] == [4000 // 8] * 2  # steps filled per env
     assert dqn["loss_finite"]
     assert dqn["chunked_state"] < 1e-5 and dqn["chunked_metrics"] < 1e-4  # runner.run_chunk in parallel mode
 
@@ -200,7 +202,7 @@ def test_bad_input_fails_in_make_train(report):
     expected = ["num_envs=6 does not divide over 4 devices",
                 "each of 4 devices learns on num_envs \\* num_steps / 4 = 6 transitions, which do not divide "
                 "into num_minibatches = 8",
-                "batch_size=130 does not divide over 4 devices", "buffer_size=10002 does not divide over 4 devices",
+                "batch_size=130 does not divide over 4 devices", "buffer_size=10002 is not a multiple of num_envs=8",
                 "data_parallel=5 devices requested; 4 available", "data_parallel=0 devices requested",
                 "data_parallel must be a device count, a list of devices or a Mesh"]
     assert len(messages) == len(expected)

@@ -13,10 +13,11 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxrl import batching, losses, networks, returns
 from jaxrl import config as cfg
-from jaxrl import networks, optim, returns
-from jaxrl.loop import Context, Spec, Transition
+from jaxrl.core import Context, Spec, Transition
 from jaxrl.networks import ActorCritic
+from jaxrl.optim import Optimizer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -24,9 +25,11 @@ class Config(cfg.Config):
     algo: str = "ppo"
     update_epochs: int = 4
     num_minibatches: int = 4
-    anneal_lr: bool = True
+    anneal_lr: bool = True  # decay lr linearly to 0 over training
     normalize_advantages: bool = True  # per minibatch
     clip_value_loss: bool = False  # clip value updates to +-clip_eps around the rollout values
+    lr: float = cfg.traced(2.5e-4)
+    max_grad_norm: float = cfg.traced(0.5)
     gae_lambda: float = cfg.traced(0.95)
     clip_eps: float = cfg.traced(0.2)
     ent_coef: float = cfg.traced(0.01)
@@ -41,6 +44,8 @@ class Config(cfg.Config):
             batch % self.num_minibatches == 0,
             f"num_envs * num_steps = {batch} does not divide into num_minibatches = {self.num_minibatches}",
         )
+        cfg.require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        cfg.require(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         cfg.require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         cfg.require(self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}")
 
@@ -63,21 +68,26 @@ def network(ctx: Context) -> ActorCritic:
     return ActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape)
 
 
+def optimizer(ctx: Context) -> Optimizer:
+    return Optimizer(schedule="linear" if ctx.config.anneal_lr else "constant")
+
+
 def init(ctx: Context, key: jax.Array) -> State:
     params = networks.init(network(ctx), key, jnp.zeros((1, *ctx.spec.obs_shape)))
-    return State(params, optim.init(optim.adam(ctx.hp["max_grad_norm"]), params))
+    return State(params, optimizer(ctx).init(params))
 
 
-def act(ctx: Context, agent: State, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, dict]:
+def act(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, tuple, dict]:
     pi, value = network(ctx).apply(agent.params, obs)
     action, log_prob = pi.sample_and_log_prob(seed=key)
-    return action, {"log_prob": log_prob, "value": value}
+    return action, carry, {"log_prob": log_prob, "value": value}
 
 
-def policy(ctx: Context, agent: State, obs: jax.Array, key: jax.Array, deterministic: bool) -> jax.Array:
+def policy(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array,
+           deterministic: bool) -> tuple[jax.Array, tuple]:
     """Actions for evaluation: the mode (discrete) or mean (continuous) when deterministic."""
     pi = network(ctx).apply(agent.params, obs, method=ActorCritic.policy)
-    return pi.mode() if deterministic else pi.sample(seed=key)
+    return (pi.mode() if deterministic else pi.sample(seed=key)), carry
 
 
 def loss(ctx: Context, params: dict, mb: dict) -> tuple[jax.Array, dict]:
@@ -90,12 +100,8 @@ def loss(ctx: Context, params: dict, mb: dict) -> tuple[jax.Array, dict]:
         mean = ctx.mean(adv)
         adv = (adv - mean) / (jnp.sqrt(ctx.mean(jnp.square(adv - mean))) + 1e-8)
     eps = hp["clip_eps"]
-    policy_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - eps, 1.0 + eps) * adv).mean()
-    value_err = (value - mb["target"]) ** 2
-    if c.clip_value_loss:
-        clipped = mb["value"] + jnp.clip(value - mb["value"], -eps, eps)
-        value_err = jnp.maximum(value_err, (clipped - mb["target"]) ** 2)
-    value_loss = 0.5 * value_err.mean()
+    policy_loss = losses.clipped_surrogate(ratio, adv, eps)
+    value_loss = losses.value_loss(value, mb["target"], mb["value"], eps if c.clip_value_loss else None)
     entropy = pi.entropy().mean()
     total = policy_loss + hp["vf_coef"] * value_loss - hp["ent_coef"] * entropy
     return total, {
@@ -109,25 +115,17 @@ def loss(ctx: Context, params: dict, mb: dict) -> tuple[jax.Array, dict]:
 
 def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple[State, dict]:
     c, hp = ctx.config, ctx.hp
-    next_values = network(ctx).apply(agent.params, traj.next_obs, method=ActorCritic.value)
+    obs, next_obs = ctx.normalize(traj.obs), ctx.normalize(traj.next_obs)
+    next_values = network(ctx).apply(agent.params, next_obs, method=ActorCritic.value)
     advantage, target = returns.gae(traj.reward, traj.extras["value"], next_values,
                                     traj.terminated, traj.truncated, hp["gamma"], hp["gae_lambda"])
-    data = {"obs": traj.obs, "action": traj.action, "log_prob": traj.extras["log_prob"],
+    data = {"obs": obs, "action": traj.action, "log_prob": traj.extras["log_prob"],
             "value": traj.extras["value"], "advantage": advantage, "target": target}
-    batch = traj.reward.size  # this device's share of the iteration's transitions
-    data = jax.tree.map(lambda x: x.reshape((batch,) + x.shape[2:]), data)
-    tx, lr = optim.adam(hp["max_grad_norm"]), ctx.learning_rate()
+    data = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data)  # this device's transitions
+    opt = optimizer(ctx)
 
     def minibatch_step(agent: State, mb: dict) -> tuple[State, dict]:
-        params, opt_state, metrics = optim.gradient_step(
-            tx, lr, agent.params, agent.opt_state, lambda p, b: loss(ctx, p, b), mb, axis=ctx.axis)
+        params, opt_state, metrics = opt.step(ctx, agent.params, agent.opt_state, lambda p, b: loss(ctx, p, b), mb)
         return State(params, opt_state), metrics
 
-    def epoch(agent: State, epoch_key: jax.Array) -> tuple[State, dict]:
-        perm = jax.random.permutation(epoch_key, batch)
-        minibatches = jax.tree.map(
-            lambda x: x[perm].reshape((c.num_minibatches, -1) + x.shape[1:]), data)
-        return jax.lax.scan(minibatch_step, agent, minibatches)
-
-    agent, metrics = jax.lax.scan(epoch, agent, jax.random.split(key, c.update_epochs))
-    return agent, {**jax.tree.map(jnp.mean, metrics), "lr": lr}
+    return batching.epochs(minibatch_step, agent, data, key, c.update_epochs, c.num_minibatches)
