@@ -374,6 +374,13 @@ def test_tanh_gaussian_jit_and_vmap():
     per_row = jax.vmap(lambda loc, ls: networks.TanhGaussian(loc, ls, LOW, HIGH).mode())(dist.loc, dist.log_std)
     np.testing.assert_array_equal(per_row, dist.mode())
 
+    def sac_like_loss(loc, log_std):  # gradients through saturated samples stay finite
+        a, lp = networks.TanhGaussian(loc, log_std, LOW, HIGH).sample_and_log_prob(seed=jax.random.key(1))
+        return a.sum() + lp.sum()
+
+    grads = jax.jit(jax.grad(sac_like_loss, argnums=(0, 1)))(dist.loc, dist.log_std)
+    assert all(np.all(np.isfinite(g)) for g in grads)
+
 
 def test_tanh_gaussian_actor():
     net = networks.TanhGaussianActor(LOW, HIGH, (32,), obs_shape=(4,))
