@@ -162,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--on-divergence", choices=ON_DIVERGENCE, default=default,
                              help="when a seed's learner turns NaN or infinite: stop the run, or warn and go "
                              f"on (default {default}); either way it is reported, with the iteration")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x]
+    if stray or (extra and args.command not in ("train", "sweep", "bench")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:  # key=value overrides given after an option (argparse stops collecting them there)
+        (args.configs if args.command == "bench" else args.overrides).extend(extra)
     if args.command in ("train", "sweep", "bench") and args.env is not None:  # an override like any other
         target = args.configs if args.command == "bench" else args.overrides
         target.append(f"env={json.dumps(args.env)}")  # quoted: YAML reads it back as this string
@@ -263,9 +268,11 @@ def _train(args: argparse.Namespace, config) -> int:
         import jax
 
         args.data_parallel = jax.device_count() if args.data_parallel == "all" else int(args.data_parallel)
-        from jaxrl.loop import make_train
+    from jaxrl.loop import make_train
 
-        make_train(config, data_parallel=args.data_parallel)  # a bad split fails before the run folder exists
+    # the environment (a user's own is checked on the way), the algorithm's own checks and the
+    # data-parallel split fail here, before a run folder exists
+    make_train(config, data_parallel=args.data_parallel)
     from jaxrl import metrics as M
     from jaxrl.loop import divergence_note
     from jaxrl.runner import train_seeds
@@ -379,6 +386,10 @@ def _train(args: argparse.Namespace, config) -> int:
 
 def _sweep(args: argparse.Namespace, config) -> int:
     grid = parse_grid(args.grid)
+    both = sorted(set(grid) & set(parse_overrides(args.overrides)))
+    if both:
+        raise ConfigError(f"{', '.join(both)}: given both as an override (key=value) and in --grid; give each key "
+                          "one way")
     batch = args.batch_size
     if batch is not None and batch != "auto":
         try:

@@ -13,6 +13,7 @@ import difflib
 import importlib.resources
 import math
 import re
+import struct
 import typing
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +22,8 @@ import yaml
 
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")  # names of flax.linen activation functions
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # integers enter the compiled program as int32
+FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38  # largest, smallest normal
 ON_DIVERGENCE = ("stop", "warn")  # what a host driver does when a run's learner turns non-finite
 
 
@@ -88,6 +91,7 @@ class Config:
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings that cannot run; subclasses extend it."""
+        self._validate_types()
         for name in ("total_steps", "num_envs"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         if self.offline:
@@ -100,14 +104,43 @@ class Config:
                 f"total_steps={self.total_steps} is less than one iteration "
                 f"(num_envs * num_steps = {self.steps_per_iteration})",
             )
+        require(self.num_iterations <= INT32_MAX,
+                 f"total_steps={self.total_steps} makes {self.num_iterations} iterations; the iteration counter "
+                 f"is int32 (at most {INT32_MAX})")
         require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
                  f"hidden must list positive layer widths, got {self.hidden}")
         require(self.activation in ACTIVATIONS,
                  f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         require(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        require(self.eval_every <= self.num_iterations,
+                 f"eval_every={self.eval_every} is more than the run's {self.num_iterations} iterations, "
+                 f"so it would never evaluate")
         require(self.eval_episodes >= 1, f"eval_episodes must be >= 1, got {self.eval_episodes}")
         require(self.eval_max_steps >= 1, f"eval_max_steps must be >= 1, got {self.eval_max_steps}")
         require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1], got {self.gamma}")
+
+    def _validate_types(self) -> None:
+        """Every field has its declared type (as :func:`build` ensures, but a Config can also be
+        constructed directly), every int fits in the compiled program's int32 (``total_steps``
+        only through its iteration count), every traced value fits in float32 without becoming
+        infinite or zero, and ``algo`` names this class's algorithm."""
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            name, value, hint = field.name, getattr(self, field.name), hints[field.name]
+            if _type_name(hint) is None:
+                continue  # a type build() does not know; the subclass's validate checks it
+            _coerce(name, value, hint)
+            ints = [value] if hint is int else list(value) if typing.get_args(hint)[:1] == (int,) else []
+            if name != "total_steps" and not all(INT32_MIN <= v <= INT32_MAX for v in ints):
+                raise ConfigError(f"{name}={value!r} does not fit in int32 (integers in the compiled program "
+                                  f"lie in [{INT32_MIN}, {INT32_MAX}])")
+            if field.metadata.get("traced") and not _fits_float32(float(value)):
+                raise ConfigError(f"{name}={value!r} does not fit in float32, the type of traced hyperparameters "
+                                  f"(0, or a magnitude between {FLOAT32_TINY:.4g} and {FLOAT32_MAX:.4g})")
+        algo = next(f for f in dataclasses.fields(self) if f.name == "algo").default
+        require(algo is dataclasses.MISSING or self.algo == algo,
+                 f"algo {self.algo!r} does not match {type(self).__module__}.{type(self).__name__} "
+                 f"(the config of {algo!r})")
 
     def rounding_note(self) -> str | None:
         """Why the run takes fewer env steps than ``total_steps`` asked for, if it does."""
@@ -129,6 +162,16 @@ class Config:
 def require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _fits_float32(x: float) -> bool:
+    """Whether ``x`` stays finite and, unless 0, nonzero and normal when rounded to float32
+    (XLA on CPU flushes subnormals to zero)."""
+    try:
+        rounded = struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return False
+    return math.isfinite(rounded) and (x == 0 or abs(rounded) >= FLOAT32_TINY)
 
 
 # Names other RL libraries use for our keys, so a user coming from them gets pointed right.
@@ -166,44 +209,138 @@ def read_yaml(name_or_path: str | Path) -> dict[str, Any]:
                 + suggest(str(name_or_path), names)
             )
         text = (importlib.resources.files("jaxrl.configs") / f"{name_or_path}.yaml").read_text()
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as err:
+        raise ConfigError(f"config {str(name_or_path)!r} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {str(name_or_path)!r} must be a YAML mapping, got {type(data).__name__}")
     return data
 
 
+# --------------------------------------------------------------------------- command-line text
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a config key, an env kwarg or an env param
+
+
+def _split_item(item: str, what: str, form: str) -> tuple[str, str]:
+    """``"key=text"`` -> ``("key", "text")``; a ConfigError quoting ``item`` when it is malformed:
+    no ``=``, a key that is not NAME or NAME.NAME, or nothing after the ``=``."""
+    if not isinstance(item, str):
+        raise ConfigError(f"{what} {item!r} is not of the form {form}")
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{what} {item!r} is not of the form {form}")
+    parts = key.split(".")
+    if len(parts) > 2 or not all(_NAME.fullmatch(part) for part in parts):
+        raise ConfigError(f"{what} {item!r}: {key!r} is not a key (a name of letters, digits and _, "
+                          f"or NAME.KEY for a key inside the mapping NAME)")
+    if not text.strip():
+        raise ConfigError(f"{what} {item!r} has no value after '=' (an empty string is written {key}=\"\")")
+    return key, text
+
+
+def _yaml_value(item: str, text: str, what: str) -> Any:
+    """``text`` read as a YAML value, or a ConfigError quoting ``item``."""
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as err:
+        # ValueError: a date-like value such as 2024-13-01
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{what} {item!r}: {text!r} is not a valid YAML value ({problem})") from None
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["lr=3e-4", "hidden=[32,32]", "env_kwargs.backend=spring"]`` -> a dict (YAML-typed values)."""
+    """``["lr=3e-4", "hidden=[32,32]", "env_kwargs.backend=spring"]`` -> a dict (YAML-typed values).
+
+    ``NAME.KEY=value`` sets KEY inside the mapping NAME; it combines with ``NAME={...}`` when they
+    set different keys. A key given twice (``lr=1 lr=2``, or ``env_kwargs.x`` twice, or in both
+    forms), an empty value, a value that is not YAML or a malformed item is a ConfigError that
+    quotes the items concerned: nothing the user typed is silently dropped.
+    """
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}  # key ("lr", "env_kwargs.x") -> the item that set it
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        value = yaml.safe_load(raw) if raw else ""
-        if "." in key:
-            head, _, sub = key.partition(".")
+        key, text = _split_item(item, "override", "key=value")
+        value = _yaml_value(item, text, "override")
+        if key in given:
+            raise ConfigError(f"{key!r} is given twice: {given[key]!r} and {item!r}")
+        head, dot, sub = key.partition(".")
+        if dot:  # one key inside the mapping ``head``
+            if head in given and not isinstance(out[head], dict):
+                raise ConfigError(f"{item!r} sets {sub!r} inside {head}, but {given[head]!r} gives {head} "
+                                  f"a value that is not a mapping")
+            if head in given and sub in out[head]:
+                raise ConfigError(f"{key!r} is given twice: in {given[head]!r} and as {item!r}")
             out.setdefault(head, {})[sub] = value
         else:
-            out[key] = value
+            inner = {k.partition(".")[2]: given[k] for k in given if k.startswith(head + ".")}
+            if inner and not isinstance(value, dict):
+                raise ConfigError(f"{item!r} gives {head} a value that is not a mapping, but "
+                                  f"{next(iter(inner.values()))!r} sets a key inside it")
+            clash = [k for k in inner if k in value] if inner else []
+            if clash:
+                raise ConfigError(f"'{head}.{clash[0]}' is given twice: in {item!r} and as {inner[clash[0]]!r}")
+            out[head] = {**value, **out[head]} if inner else value
+        given[key] = item
     return out
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
-    """``["lr=1e-4,3e-4", "hidden=[32,32],[64,64]"]`` -> ``{"lr": [1e-4, 3e-4], "hidden": [[32, 32], [64, 64]]}``."""
+    """``["lr=1e-4,3e-4", "hidden=[32,32],[64,64]"]`` -> ``{"lr": [1e-4, 3e-4], "hidden": [[32, 32], [64, 64]]}``.
+
+    Values are separated by commas outside brackets, braces and quotes; each is a number
+    (``1e-4`` included) or else a YAML value. A key given twice, an empty value, unbalanced
+    brackets, a non-finite number or a malformed item is a ConfigError quoting the item.
+    """
     grid: dict[str, list] = {}
+    given: dict[str, str] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key or not raw:
-            raise ConfigError(f"--grid item {item!r} is not of the form key=v1,v2,...")
-        grid[key] = [_grid_value(v) for v in re.split(r",(?![^\[]*\])", raw)]
+        key, text = _split_item(item, "--grid item", "key=v1,v2,...")
+        if key in given:
+            raise ConfigError(f"--grid key {key!r} is given twice: {given[key]!r} and {item!r}")
+        grid[key] = [_grid_value(item, value) for value in _split_values(item, text)]
+        given[key] = item
     return grid
 
 
-def _grid_value(text: str):
+def _split_values(item: str, text: str) -> list[str]:
+    """The comma-separated values of a --grid item, each stripped of surrounding spaces: split at
+    the commas outside brackets and braces, and outside a value that starts with a quote."""
+    pairs = {"[": "]", "{": "}"}
+    values, start, opened, quote = [], 0, [], None
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"" and not opened and not text[start:i].strip():
+            quote = char  # a quoted value: commas inside it do not split
+        elif char in pairs:
+            opened.append(char)
+        elif char in "]}":
+            if not opened or pairs[opened.pop()] != char:
+                raise ConfigError(f"--grid item {item!r}: unbalanced {char!r}")
+        elif char == "," and not opened:
+            values.append(text[start:i].strip())
+            start = i + 1
+    if opened or quote:
+        raise ConfigError(f"--grid item {item!r}: unclosed {quote or opened[-1]!r}")
+    values.append(text[start:].strip())
+    if not all(values):
+        raise ConfigError(f"--grid item {item!r} has an empty value (values are separated by commas)")
+    return values
+
+
+def _grid_value(item: str, text: str) -> Any:
+    """One --grid value: ``1e-4`` and ``3`` as numbers (YAML would read ``1e-4`` as a string),
+    anything else as YAML; a non-finite number is refused."""
     try:
-        return float(text) if any(c in text for c in ".eE") else int(text)
+        value = (float(text) if any(c in text for c in ".eE") else int(text)) if text.isascii() else None
     except ValueError:
-        return yaml.safe_load(text)
+        value = None
+    if value is None:
+        value = _yaml_value(item, text, "--grid item")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"--grid item {item!r}: {text!r} is not a finite number")
+    return value
 
 
 def build(cls: type[Config], data: dict[str, Any]) -> Config:
@@ -213,8 +350,8 @@ def build(cls: type[Config], data: dict[str, Any]) -> Config:
     if unknown:
         key = unknown[0]
         raise ConfigError(
-            f"unknown config key {key!r} for algo {data.get('algo')!r}" + suggest(key, list(fields))
-            + f"; valid keys: {', '.join(fields)}"
+            f"unknown config key {key!r} for algo {data.get('algo')!r}"
+            + (suggest(key, list(fields)) if isinstance(key, str) else "") + f"; valid keys: {', '.join(fields)}"
         )
     hints = typing.get_type_hints(cls)
     values = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
@@ -227,24 +364,37 @@ def build(cls: type[Config], data: dict[str, Any]) -> Config:
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the field's type; accept lossless conversions (``5e5`` for an int)."""
+    """Check ``value`` against the field's type; accept lossless conversions only: a whole
+    number for an int (``5e5``, also as the string YAML 1.1 makes of it), an int for a float, a
+    single int for a one-element list, None for an empty mapping. Nothing is rounded or clamped."""
     origin = typing.get_origin(hint)
     if hint is bool:
         if isinstance(value, bool):
             return value
     elif hint is int:
         number = _number(value)
-        if number is not None and not isinstance(value, bool) and float(number).is_integer():
+        if isinstance(number, int):
+            return number
+        if isinstance(number, float) and number.is_integer():
             return int(number)
     elif hint is float:
         number = _number(value)
-        if number is not None and not isinstance(value, bool) and math.isfinite(number):
-            return float(number)
+        if number is not None:
+            try:
+                number = float(number)
+            except OverflowError:  # an int beyond float range
+                number = math.inf
+            if math.isfinite(number):
+                return number
     elif hint is str:
         if isinstance(value, str):
             return value
     elif hint is dict or origin is dict:
         if isinstance(value, dict):
+            bad = [k for k in value if not isinstance(k, str)]
+            if bad:
+                raise ConfigError(f"config key {name!r} must be a mapping with string keys, got key {bad[0]!r} "
+                                  f"in {value!r}")
             return dict(value)
         if value is None:
             return {}
@@ -252,24 +402,33 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         items = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
         if isinstance(items, (list, tuple)):
             inner = typing.get_args(hint)[0]
-            return tuple(_coerce(name, v, inner) for v in items)
-    raise ConfigError(f"config key {name!r} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+            try:
+                return tuple(_coerce(name, v, inner) for v in items)
+            except ConfigError:
+                pass  # reported below, with the whole value
+    raise ConfigError(f"config key {name!r} must be {_type_name(hint) or hint}, got {value!r} ({type(value).__name__})")
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any) -> int | float | None:
+    """``value`` as an int or float (YAML 1.1 reads ``5e5`` as a string), None if it is not a
+    number; bools are not numbers here."""
+    if isinstance(value, bool):
+        return None
     if isinstance(value, (int, float)):
         return value
-    if isinstance(value, str):  # YAML 1.1 reads "5e5" as a string
-        try:
-            return float(value)
-        except ValueError:
-            return None
+    if isinstance(value, str) and value.strip().isascii():
+        for parse in (int, float):
+            try:
+                return parse(value)
+            except (ValueError, OverflowError):
+                pass
     return None
 
 
-def _type_name(hint: Any) -> str:
+def _type_name(hint: Any) -> str | None:
+    """How messages name a field type that build() coerces; None for any other type."""
     if typing.get_origin(hint) is tuple:
         return f"a list of {typing.get_args(hint)[0].__name__}"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        hint, "a mapping"
-    )
+    if hint is dict or typing.get_origin(hint) is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint)

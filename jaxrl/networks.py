@@ -3,7 +3,14 @@
 linen + ``jax.jit`` measured fastest for the small networks RL uses (see STACK-NOTES). Weights
 use orthogonal initialisation with the usual gains: sqrt(2) for hidden layers, 0.01 for policy
 logits/means (a near-uniform initial policy) and 1.0 for values; :func:`init` builds a
-network's params with all those random matrices drawn in one call.
+network's params with all those random matrices drawn in one call, ensembles included.
+
+Top to bottom: init machinery (:class:`Orthogonal`, :func:`dense`, :func:`init`,
+:func:`ensemble`), the torso (:class:`MLP`), then heads: on-policy :class:`ActorCritic`, DQN's
+:class:`QNetwork`, and the off-policy actor-critic family's critics (:class:`QCritic`,
+:class:`QCriticEnsemble`, :class:`DiscreteCriticEnsemble`) and actors
+(:class:`DeterministicActor`, :class:`TanhGaussianActor` with :class:`TanhGaussian`,
+:class:`CategoricalActor`).
 """
 
 from __future__ import annotations
@@ -28,10 +35,14 @@ class Orthogonal(struct.PyTreeNode, nn.meta.AxisMetadata):
 
     ``value`` already holds such a matrix, drawn by this layer alone, so ``module.init`` works
     as usual (flax unboxes it on use); :func:`init` replaces it with one from a shared draw.
+    ``member_axes`` are the axes that lifting (``nn.vmap``/``nn.scan``, e.g. :func:`ensemble`)
+    added to the layer's own kernel axes: ``value`` then holds one matrix per member, each drawn
+    independently.
     """
 
     value: jax.Array
     gain: float = struct.field(pytree_node=False)
+    member_axes: tuple[int, ...] = struct.field(pytree_node=False, default=())
 
     def unbox(self) -> jax.Array:
         return self.value
@@ -40,24 +51,41 @@ class Orthogonal(struct.PyTreeNode, nn.meta.AxisMetadata):
         return self.replace(value=value)
 
     def add_axis(self, index: int, params: dict) -> Orthogonal:
-        raise NotImplementedError("jaxrl.networks.dense layers cannot be lifted by nn.vmap or nn.scan")
+        """Records a member axis that lifting inserted at ``index`` (``value`` already has it)."""
+        index %= self.value.ndim
+        shifted = tuple(a + (a >= index) for a in self.member_axes)
+        return self.replace(member_axes=tuple(sorted((*shifted, index))))
 
-    remove_axis = add_axis
+    def remove_axis(self, index: int, params: dict) -> Orthogonal:
+        """Forgets the member axis at ``index`` (lifting is about to map over it)."""
+        index %= self.value.ndim
+        if index not in self.member_axes:
+            raise ValueError(f"axis {index} of a {self.value.shape} kernel is not a member axis")
+        return self.replace(member_axes=tuple(a - (a > index) for a in self.member_axes if a != index))
+
+    def matrices(self) -> tuple[int, int, int]:
+        """(members, inputs, outputs): ``value`` as member kernels seen as matrices the way flax's
+        orthogonal sees them (all kernel axes but the last, the last)."""
+        shape = self.value.shape
+        kernel = [d for a, d in enumerate(shape) if a not in self.member_axes]
+        return math.prod(shape[a] for a in self.member_axes), math.prod(kernel[:-1]), kernel[-1]
+
+    def from_matrices(self, matrices: jax.Array) -> jax.Array:
+        """The inverse of :meth:`matrices`: (members, inputs, outputs) arrays to ``value``'s layout."""
+        shape, axes = self.value.shape, self.member_axes
+        lifted = [shape[a] for a in axes] + [d for a, d in enumerate(shape) if a not in axes]
+        stacked = matrices.reshape(lifted)  # member axes first
+        return jnp.moveaxis(stacked, tuple(range(len(axes))), axes).astype(self.value.dtype)
 
 
-def dense(features: int, gain: float = float(np.sqrt(2))) -> nn.Dense:
+def dense(features: int, gain: float = float(np.sqrt(2)), name: str | None = None) -> nn.Dense:
     """A dense layer with an orthogonal ``gain``-scaled kernel and zero bias."""
     orthogonal = nn.initializers.orthogonal(gain)
 
     def kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Orthogonal:
         return Orthogonal(orthogonal(key, shape, dtype), gain)
 
-    return nn.Dense(features, kernel_init=kernel_init, bias_init=nn.initializers.zeros)
-
-
-def _inputs_outputs(shape: tuple[int, ...]) -> tuple[int, int]:
-    """A kernel as a matrix, as flax's orthogonal sees it: (all axes but the last, the last)."""
-    return math.prod(shape[:-1]), shape[-1]
+    return nn.Dense(features, kernel_init=kernel_init, bias_init=nn.initializers.zeros, name=name)
 
 
 def init(module: nn.Module, key: jax.Array, *inputs: jax.Array) -> dict:
@@ -68,6 +96,9 @@ def init(module: nn.Module, key: jax.Array, *inputs: jax.Array) -> dict:
     one normal draw covers all kernels, and matrices with as many rows are orthogonalised by one
     batched QR (the per-layer draws go unused and are dropped when tracing). Same distribution
     as flax's ``orthogonal(gain)``: Q of the QR of a Gaussian matrix, signs fixed by R's diagonal.
+    A lifted kernel (an :func:`ensemble`'s, shape (members, in, out)) is ``members`` matrices,
+    each drawn independently, in the same draw and QR: the compiled program does not grow
+    with the number of members.
     """
     k_init, k_noise = jax.random.split(key)
     is_box = lambda x: isinstance(x, Orthogonal)  # noqa: E731
@@ -75,38 +106,81 @@ def init(module: nn.Module, key: jax.Array, *inputs: jax.Array) -> dict:
     # A kernel is a (rows >= cols) matrix, transposed when wide. Kernels with the same rows
     # share one batched QR at the group's widest cols: the first cols columns of Q from the QR
     # of a Gaussian matrix are Q from the QR of its first cols columns.
-    groups: dict[int, list[tuple[int, int, int]]] = {}  # rows -> (leaf index, n_in, n_out)
+    groups: dict[int, list[tuple[int, int, int, int]]] = {}  # rows -> (leaf index, members, n_in, n_out)
     for i, leaf in enumerate(leaves):
         if is_box(leaf):
-            n_in, n_out = _inputs_outputs(leaf.value.shape)
-            groups.setdefault(max(n_in, n_out), []).append((i, n_in, n_out))
-    widths = {m: max(min(n_in, n_out) for _, n_in, n_out in kernels) for m, kernels in groups.items()}
-    sizes = [len(kernels) * m * widths[m] for m, kernels in groups.items()]
+            members, n_in, n_out = leaf.matrices()
+            groups.setdefault(max(n_in, n_out), []).append((i, members, n_in, n_out))
+    widths = {m: max(min(n_in, n_out) for _, _, n_in, n_out in kernels) for m, kernels in groups.items()}
+    sizes = [sum(k[1] for k in kernels) * m * widths[m] for m, kernels in groups.items()]
     noise = jnp.split(jax.random.normal(k_noise, (sum(sizes),)), np.cumsum(sizes)[:-1]) if groups else []
     for (m, kernels), flat in zip(groups.items(), noise):
-        q, r = jnp.linalg.qr(flat.reshape(len(kernels), m, widths[m]))
+        q, r = jnp.linalg.qr(flat.reshape(-1, m, widths[m]))
         q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
-        for matrix, (i, n_in, n_out) in zip(q, kernels):
+        start = 0
+        for i, members, n_in, n_out in kernels:
             box = leaves[i]
-            matrix = matrix[:, :min(n_in, n_out)]
-            matrix = matrix.T if n_in < n_out else matrix
-            leaves[i] = (box.gain * matrix).reshape(box.value.shape).astype(box.value.dtype)
+            matrices = q[start:start + members, :, :min(n_in, n_out)]
+            matrices = jnp.swapaxes(matrices, 1, 2) if n_in < n_out else matrices
+            leaves[i] = box.from_matrices(box.gain * matrices)
+            start += members
     return jax.tree.unflatten(tree, leaves)
 
 
+def ensemble(module: type[nn.Module], size: int) -> type[nn.Module]:
+    """``module`` lifted to ``size`` independently initialised members in one vectorised module.
+
+    Every param gains a leading axis of ``size``; a call runs all members on the same inputs as
+    one batched computation and stacks their outputs on a new leading axis. Construct the result
+    with ``module``'s own arguments.
+    """
+    _check_positive("the number of ensemble members", size)
+    return nn.vmap(module, variable_axes={"params": 0}, split_rngs={"params": True},
+                   in_axes=None, out_axes=0, axis_size=size)
+
+
+def _check_positive(name: str, value: int | None, optional: bool = False) -> None:
+    """A clear error, before any tracing, for a count that is not a positive integer."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def flatten_obs(obs: jax.Array, obs_shape: tuple[int, ...]) -> jax.Array:
+    """``obs`` with its trailing per-observation axes (``obs_shape``) flattened to one axis."""
+    return obs.reshape(obs.shape[: obs.ndim - len(obs_shape)] + (-1,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Torsos
+
+
 class MLP(nn.Module):
-    """Flattens everything after the batch axis, then ``hidden`` dense layers."""
+    """Flattens everything after the batch axis, then ``hidden`` dense layers.
+
+    ``layer_norm`` puts a LayerNorm after each dense layer, before its activation (off by
+    default, so existing networks' params are unchanged).
+    """
 
     hidden: Sequence[int]
     activation: str = "tanh"
     obs_shape: tuple[int, ...] = ()  # the per-observation shape, flattened to one axis
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.reshape(x.shape[: x.ndim - len(self.obs_shape)] + (-1,))
+        x = flatten_obs(x, self.obs_shape)
         for width in self.hidden:
-            x = ACTIVATION_FNS[self.activation](dense(width)(x))
+            x = dense(width)(x)
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
+            x = ACTIVATION_FNS[self.activation](x)
         return x
+
+
+# ---------------------------------------------------------------------------------------------
+# On-policy actor-critic (PPO) and discrete action values (DQN)
 
 
 class ActorCritic(nn.Module):
@@ -145,19 +219,281 @@ class ActorCritic(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """Action values for discrete actions; ``dueling`` splits into V + (A - mean A)."""
+    """Action values Q(s, ·) for discrete actions, shape (..., num_actions); ``dueling`` splits
+    them into V + (A - mean A)."""
 
     num_actions: int
     hidden: Sequence[int]
     activation: str = "relu"
     dueling: bool = False
     obs_shape: tuple[int, ...] = ()
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        x = MLP(self.hidden, self.activation, self.obs_shape)(obs)
+        x = MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm)(obs)
         if not self.dueling:
             return dense(self.num_actions, 1.0)(x)
         advantage = dense(self.num_actions, 1.0)(x)
         value = dense(1, 1.0)(x)
         return value + advantage - advantage.mean(axis=-1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Off-policy actor-critic (DDPG, TD3, SAC, TQC): critics
+
+
+class QCritic(nn.Module):
+    """Q(s, a): the flattened observation and the action, concatenated, through an MLP.
+
+    Returns shape (...,) — one value per (observation, action) — or, with ``num_quantiles``
+    set (TQC), (..., num_quantiles) return quantiles. ``obs`` is (..., *obs_shape) and
+    ``action`` (..., action_dim) with the same leading axes.
+    """
+
+    hidden: Sequence[int]
+    activation: str = "relu"
+    layer_norm: bool = False
+    num_quantiles: int | None = None
+    obs_shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_positive("num_quantiles", self.num_quantiles, optional=True)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        obs = flatten_obs(obs, self.obs_shape)
+        if obs.shape[:-1] != action.shape[:-1]:
+            raise ValueError(f"observations (batch axes {obs.shape[:-1]} with obs_shape {self.obs_shape}) "
+                             f"and actions (batch axes {action.shape[:-1]}) must have the same batch axes")
+        x = jnp.concatenate([obs, action], axis=-1)
+        x = MLP(self.hidden, self.activation, (x.shape[-1],), self.layer_norm)(x)
+        if self.num_quantiles is None:
+            return dense(1, 1.0)(x)[..., 0]
+        return dense(self.num_quantiles, 1.0)(x)
+
+
+class QCriticEnsemble(nn.Module):
+    """``num_critics`` independent :class:`QCritic` s as one vectorised module.
+
+    ``(obs, action)`` -> (num_critics, ...) values, or (num_critics, ..., num_quantiles).
+    Params live under ``critics`` with a leading axis of ``num_critics``.
+    """
+
+    hidden: Sequence[int]
+    num_critics: int = 2
+    activation: str = "relu"
+    layer_norm: bool = False
+    num_quantiles: int | None = None
+    obs_shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_positive("num_critics", self.num_critics)
+        _check_positive("num_quantiles", self.num_quantiles, optional=True)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        critics = ensemble(QCritic, self.num_critics)(
+            self.hidden, self.activation, self.layer_norm, self.num_quantiles, self.obs_shape, name="critics")
+        return critics(obs, action)
+
+
+class DiscreteCriticEnsemble(nn.Module):
+    """``num_critics`` independent :class:`QNetwork` s (no dueling) as one vectorised module, for
+    discrete SAC: ``obs`` -> (num_critics, ..., num_actions). Params live under ``critics``."""
+
+    num_actions: int
+    hidden: Sequence[int]
+    num_critics: int = 2
+    activation: str = "relu"
+    layer_norm: bool = False
+    obs_shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_positive("num_critics", self.num_critics)
+        _check_positive("num_actions", self.num_actions)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        critics = ensemble(QNetwork, self.num_critics)(
+            self.num_actions, self.hidden, self.activation, False, self.obs_shape, self.layer_norm,
+            name="critics")
+        return critics(obs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Off-policy actor-critic: actors
+
+
+def action_bounds(low: Sequence[float] | np.ndarray, high: Sequence[float] | np.ndarray
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Checked per-dimension action bounds as tuples of floats (hashable module attributes).
+
+    ``low`` and ``high`` must broadcast to one axis of action_dim entries, be finite (a squashed
+    policy cannot cover an infinite interval) and have low < high.
+    """
+    try:
+        lo, hi = np.broadcast_arrays(np.asarray(low, np.float64), np.asarray(high, np.float64))
+    except ValueError as e:
+        raise ValueError(f"action bounds low={low!r} and high={high!r} do not broadcast: {e}") from None
+    if lo.ndim != 1 or lo.size == 0:
+        raise ValueError(f"action bounds must be one value per action dimension (a 1-d sequence), "
+                         f"got low={low!r}, high={high!r}")
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ValueError(f"action bounds must be finite to squash actions into them, got low={low!r}, "
+                         f"high={high!r}; clip the environment's action space to a finite box first")
+    if not np.all(lo < hi):
+        raise ValueError(f"action bounds need low < high in every dimension, got low={low!r}, high={high!r}")
+    return tuple(map(float, lo)), tuple(map(float, hi))
+
+
+class _BoundedActor(nn.Module):
+    """Shared fields of the continuous actors: action bounds (checked and made tuples of floats
+    at construction) and the torso's settings."""
+
+    action_low: Sequence[float]
+    action_high: Sequence[float]
+    hidden: Sequence[int]
+    activation: str = "relu"
+    layer_norm: bool = False
+    obs_shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        low, high = action_bounds(self.action_low, self.action_high)
+        object.__setattr__(self, "action_low", low)  # linen modules are frozen dataclasses
+        object.__setattr__(self, "action_high", high)
+        super().__post_init__()
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_low)
+
+    def torso(self, obs: jax.Array) -> jax.Array:
+        return MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm)(obs)
+
+
+def _center_and_half_width(low: Sequence[float], high: Sequence[float]) -> tuple[jax.Array, jax.Array]:
+    low, high = np.asarray(low), np.asarray(high)
+    return jnp.asarray((low + high) / 2, jnp.float32), jnp.asarray((high - low) / 2, jnp.float32)
+
+
+class DeterministicActor(_BoundedActor):
+    """DDPG/TD3 policy: MLP -> dense(action_dim, gain 0.01) -> tanh, rescaled to [low, high].
+
+    ``obs`` (..., *obs_shape) -> actions (..., action_dim), always within the bounds.
+    """
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        center, half = _center_and_half_width(self.action_low, self.action_high)
+        squashed = jnp.tanh(dense(self.action_dim, 0.01)(self.torso(obs)))
+        return jnp.clip(center + half * squashed, jnp.asarray(self.action_low), jnp.asarray(self.action_high))
+
+
+class TanhGaussian(distrax.Distribution):
+    """a = center + half_width * tanh(u), u ~ N(loc, exp(log_std)) per dimension (SAC's policy).
+
+    Event shape (action_dim,). ``sample_and_log_prob`` computes log p(a) from the pre-squash u:
+    log N(u) - sum(log half_width + log(1 - tanh(u)^2)), with the stable
+    log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), so it stays finite even where float32
+    tanh(u) rounds to ±1: use that value, not ``log_prob`` of the sampled action. ``mode()`` is
+    the squashed mean, the usual deterministic evaluation action (not exactly the squashed
+    density's mode). No ``entropy``: SAC estimates it with -log p of samples.
+    """
+
+    # log_prob(action) maps actions to within this of ±1 (in tanh units) before atanh
+    LOG_PROB_CLIP = 1e-6
+
+    def __init__(self, loc: jax.Array, log_std: jax.Array, low: Sequence[float], high: Sequence[float]):
+        """``loc`` and ``log_std``: (..., action_dim) arrays; ``low``/``high``: concrete (not
+        traced) per-dimension bounds, e.g. :func:`action_bounds`' tuples."""
+        self.loc = loc
+        self.log_std = log_std
+        self.low, self.high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
+        self.center, self.half_width = _center_and_half_width(low, high)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.loc.shape[-1:]
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return self.loc.shape[:-1]
+
+    def squash(self, u: jax.Array) -> jax.Array:
+        """The action for pre-squash values ``u``: center + half_width * tanh(u), kept within bounds."""
+        return jnp.clip(self.center + self.half_width * jnp.tanh(u), self.low, self.high)
+
+    def log_prob_pre_squash(self, u: jax.Array) -> jax.Array:
+        """log p(squash(u)) from the pre-squash ``u`` (..., action_dim): stable for any finite u."""
+        z = (u - self.loc) * jnp.exp(-self.log_std)
+        gaussian = -0.5 * z**2 - self.log_std - 0.5 * np.log(2 * np.pi)
+        log_det = jnp.log(self.half_width) + 2 * (np.log(2) - u - jax.nn.softplus(-2 * u))
+        return jnp.sum(gaussian - log_det, axis=-1)
+
+    def _sample_n_and_log_prob(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+        u = self.loc + jnp.exp(self.log_std) * jax.random.normal(key, (n, *self.loc.shape), self.loc.dtype)
+        return self.squash(u), self.log_prob_pre_squash(u)
+
+    def _sample_n(self, key: jax.Array, n: int) -> jax.Array:
+        return self._sample_n_and_log_prob(key, n)[0]
+
+    def log_prob(self, value: jax.Array) -> jax.Array:
+        """log p(value) for given actions. Actions closer than ``LOG_PROB_CLIP`` (in tanh units)
+        to a bound are moved to that distance first, so the result is finite everywhere but only
+        approximate there; exact (to float32) elsewhere."""
+        y = jnp.clip((value - self.center) / self.half_width, -1 + self.LOG_PROB_CLIP, 1 - self.LOG_PROB_CLIP)
+        return self.log_prob_pre_squash(jnp.arctanh(y))
+
+    def mode(self) -> jax.Array:
+        return self.squash(self.loc)
+
+
+class TanhGaussianActor(_BoundedActor):
+    """SAC/TQC policy: MLP -> mean and state-dependent log-std heads (dense, gain 0.01) ->
+    :class:`TanhGaussian` on [low, high].
+
+    The log-std is hard-clipped to [log_std_min, log_std_max] = [-5, 2] by default (std in
+    [0.0067, 7.4]): the floor keeps float32 log-densities moderate (-log std adds at most 5 nats
+    per dimension, where -20 would allow 20 and stds of 2e-9, far below float32's resolution of
+    a mean near 1); above std ~7 tanh saturates most samples anyway. ``obs`` (..., *obs_shape) -> a distribution
+    with batch shape (...,) and event shape (action_dim,).
+    """
+
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.log_std_min < self.log_std_max:
+            raise ValueError(f"need log_std_min < log_std_max, got {self.log_std_min} and {self.log_std_max}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> TanhGaussian:
+        x = self.torso(obs)
+        mean = dense(self.action_dim, 0.01, name="mean")(x)
+        log_std = jnp.clip(dense(self.action_dim, 0.01, name="log_std")(x), self.log_std_min, self.log_std_max)
+        return TanhGaussian(mean, log_std, self.action_low, self.action_high)
+
+
+class CategoricalActor(nn.Module):
+    """Discrete SAC policy: MLP -> dense(num_actions, gain 0.01) logits -> ``distrax.Categorical``
+    with batch shape (...,) (``.probs`` and ``.logits``, normalised, give every action's)."""
+
+    num_actions: int
+    hidden: Sequence[int]
+    activation: str = "relu"
+    layer_norm: bool = False
+    obs_shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_positive("num_actions", self.num_actions)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> distrax.Categorical:
+        x = MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm)(obs)
+        return distrax.Categorical(logits=dense(self.num_actions, 0.01)(x))

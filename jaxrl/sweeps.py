@@ -134,12 +134,21 @@ def expand(grid: Mapping[str, Sequence[Any]] | None = None,
         if not isinstance(grid, Mapping):
             raise ConfigError(f"grid must map names to lists of values, got {type(grid).__name__}")
         for key, values in grid.items():
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"grid keys must be names (strings), got {key!r}")
             if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
                 raise ConfigError(f"grid[{key!r}] must be a list of values, got {values!r}")
             if len(values) == 0:
                 raise ConfigError(f"grid[{key!r}] is empty: a sweep needs at least one value per key")
         return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     if samples is not None:
+        if isinstance(samples, (str, bytes, Mapping)) or not isinstance(samples, Sequence):
+            raise ConfigError(f"samples must be a list of settings (mappings), got {samples!r}")
+        for sample in samples:
+            if not isinstance(sample, Mapping):
+                raise ConfigError(f"each sample must map names to values, got {sample!r}")
+            if not all(isinstance(key, str) and key for key in sample):
+                raise ConfigError(f"sample keys must be names (strings), got {list(sample)}")
         settings = [dict(s) for s in samples]
         if not settings:
             raise ConfigError("samples is empty: a sweep needs at least one setting")
@@ -176,10 +185,10 @@ def sweep(
     """
     if on_divergence not in ON_DIVERGENCE:
         raise ConfigError(f"on_divergence must be one of {', '.join(ON_DIVERGENCE)}, got {on_divergence!r}")
-    if not isinstance(seeds, numbers.Integral) or seeds < 1:
+    if isinstance(seeds, bool) or not isinstance(seeds, numbers.Integral) or seeds < 1:
         raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
     if not (batch_size is None or batch_size == "auto"
-            or (isinstance(batch_size, numbers.Integral) and batch_size >= 1)):
+            or (isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool) and batch_size >= 1)):
         raise ConfigError(f"batch_size must be a positive integer, 'auto' or None, got {batch_size!r}")
     settings = expand(grid, samples)
     traced = set(config.traced_names())
@@ -207,9 +216,8 @@ def sweep(
         for key, value in setting.items():
             if key in traced and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise ConfigError(f"sweep value {key}={value!r} is not a number")
-            if key in env_keys and jnp.issubdtype(hparam_dtype(key, env_values), jnp.integer) \
-                    and value != int(value):
-                raise ConfigError(f"env param {key} is an integer, got {value!r}")
+            if key in env_keys:
+                _check_env_value(key, value, hparam_dtype(key, env_values))
         config.replace(**{k: v for k, v in setting.items() if k not in env_keys})
 
     static_keys = [k for k in settings[0] if k not in traced]
@@ -253,6 +261,26 @@ def sweep(
                       f"{listed}{more}" + ("; the sweep stopped there (on_divergence='stop')" if stopped else ""),
                       DivergenceWarning, stacklevel=2)
     return result
+
+
+def _check_env_value(key: str, value: numbers.Real, dtype: np.dtype) -> None:
+    """A swept env param's value must be finite and stay the same in the param's dtype (no
+    rounding of an integer param, no overflow to infinity or underflow to zero)."""
+    try:
+        as_float = float(value)
+    except OverflowError:
+        as_float = math.inf
+    if not math.isfinite(as_float):
+        raise ConfigError(f"sweep value {key}={value!r} is not a finite number")
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = np.iinfo(dtype)
+        if value != int(value) or not info.min <= int(value) <= info.max:
+            raise ConfigError(f"env param {key} is an integer ({np.dtype(dtype).name}), got {value!r}")
+        return
+    with np.errstate(all="ignore"):
+        cast = np.asarray(value).astype(dtype)  # inf on overflow, 0 or a subnormal on underflow
+    if not np.isfinite(cast) or (value != 0 and (cast == 0 or abs(cast) < np.finfo(dtype).tiny)):
+        raise ConfigError(f"sweep value {key}={value!r} does not fit in {np.dtype(dtype).name}, the env param's type")
 
 
 def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from jaxrl.cli import main
@@ -95,6 +96,30 @@ def test_errors_exit_2(capsys):
         assert main(["bench", "ppo_cartpole", *bad]) == 2, bad
     assert main(["bench", "total_steps=1000"]) == 2
     assert "at least one config" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_options_and_stray_arguments_are_refused(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["train", "ppo_cartpole", "--seeds", "1", "--quiet", "total_steps=1024", "--out", str(out),
+                 "--checkpoint-every", "-1"]) == 0
+    (run_dir,) = out.iterdir()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["total_steps"] == 1024
+    with pytest.raises(SystemExit):
+        main(["train", "ppo_cartpole", "--no-such-option"])
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["list", "lr=1"])
+
+
+def test_a_bad_environment_leaves_no_run_folder(tmp_path, capsys):
+    assert main(["train", "ppo_cartpole", "--env", "CartPole-v9", "--out", str(tmp_path)]) == 2
+    assert "Unknown environment 'CartPole-v9'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_sweep_refuses_a_key_both_overridden_and_swept(capsys):
+    assert main(["sweep", "ppo_cartpole", "lr=1e-3", "--grid", "lr=1e-4,3e-4"]) == 2
+    assert "lr: given both as an override (key=value) and in --grid" in capsys.readouterr().err
 
 
 def test_list(capsys):

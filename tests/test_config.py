@@ -9,7 +9,7 @@ import time
 import pytest
 
 import jaxrl
-from jaxrl.config import ConfigError, config_names, parse_overrides
+from jaxrl.config import ConfigError, build, config_names, parse_grid, parse_overrides
 
 
 @pytest.mark.parametrize("name", config_names())
@@ -83,3 +83,125 @@ def test_cli_reports_config_errors_fast():
     assert proc.returncode == 2
     assert "lr must be > 0" in proc.stderr
     assert time.perf_counter() - start < 20  # no jax compile happened
+
+
+# ----------------------------------------------------------------------------- nothing typed is dropped
+@pytest.mark.parametrize("parse, items, message", [
+    (parse_grid, ["lr=1e-4", "lr=3e-4"], "'lr' is given twice: 'lr=1e-4' and 'lr=3e-4'"),
+    (parse_grid, ["lr=,"], "'lr=,' has an empty value"),
+    (parse_grid, ["lr=1e-4,"], "'lr=1e-4,' has an empty value"),
+    (parse_grid, ["lr="], "'lr=' has no value"),
+    (parse_grid, ["hidden=[32,32"], "'hidden=[32,32': unclosed '['"),
+    (parse_grid, ["hidden=32]"], "'hidden=32]': unbalanced ']'"),
+    (parse_grid, ["lr=1e999"], "'lr=1e999': '1e999' is not a finite number"),
+    (parse_grid, ["lr"], "'lr' is not of the form key=v1,v2,..."),
+    (parse_overrides, ["lr=1", "lr=2"], "'lr' is given twice: 'lr=1' and 'lr=2'"),
+    (parse_overrides, ["env_kwargs.x=1", "env_kwargs.x=2"], "'env_kwargs.x' is given twice: 'env_kwargs.x=1' and "
+                                                            "'env_kwargs.x=2'"),
+    (parse_overrides, ["env_kwargs={x: 1}", "env_kwargs.x=2"], "'env_kwargs.x' is given twice: in 'env_kwargs={x: 1}'"),
+    (parse_overrides, ["env_kwargs.x=2", "env_kwargs={x: 1}"], "'env_kwargs.x' is given twice: in 'env_kwargs={x: 1}'"),
+    (parse_overrides, ["lr=1", "lr.x=2"], "'lr.x=2' sets 'x' inside lr, but 'lr=1' gives lr a value that is not a mapping"),
+    (parse_overrides, ["env_kwargs.x=1", "env_kwargs=5"], "'env_kwargs=5' gives env_kwargs a value that is not a mapping"),
+    (parse_overrides, ["lr="], "'lr=' has no value"),
+    (parse_overrides, ["lr=  "], "'lr=  ' has no value"),
+    (parse_overrides, ["lr=[1,"], "'lr=[1,': '[1,' is not a valid YAML value"),
+    (parse_overrides, ["lr=2024-13-01"], "'lr=2024-13-01': '2024-13-01' is not a valid YAML value"),
+    (parse_overrides, ["a.b.c=1"], "'a.b.c=1': 'a.b.c' is not a key"),
+    (parse_overrides, ["env_kwargs.=1"], "'env_kwargs.=1': 'env_kwargs.' is not a key"),
+    (parse_overrides, ["=1"], "'=1' is not of the form key=value"),
+])
+def test_repeated_empty_and_malformed_items_fail_quoting_them(parse, items, message):
+    with pytest.raises(ConfigError) as err:
+        parse(items)
+    assert message in str(err.value)
+
+
+def test_mapping_given_whole_and_by_key_combines_when_the_keys_differ():
+    assert parse_overrides(["env_kwargs={x: 1}", "env_kwargs.y=2"]) == {"env_kwargs": {"x": 1, "y": 2}}
+    assert parse_overrides(["env_kwargs.y=2", "env_kwargs={x: 1}"]) == {"env_kwargs": {"x": 1, "y": 2}}
+    assert parse_grid(['x={a: 1, b: 2},{c: 3}', 'env="a,b",c']) == {"x": [{"a": 1, "b": 2}, {"c": 3}],
+                                                                    "env": ["a,b", "c"]}
+
+
+def test_cli_refuses_a_repeated_key_before_compiling(tmp_path, capsys):
+    from jaxrl.cli import main
+
+    assert main(["sweep", "ppo_cartpole", "total_steps=2048", "--grid", "lr=1e-4", "lr=3e-4",
+                 "--out", str(tmp_path)]) == 2
+    assert "'lr' is given twice: 'lr=1e-4' and 'lr=3e-4'" in capsys.readouterr().err
+    assert main(["train", "ppo_cartpole", "lr=1", "lr=2", "--out", str(tmp_path)]) == 2
+    assert "'lr' is given twice: 'lr=1' and 'lr=2'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
+# ----------------------------------------------------------------------------- found by tests/test_fuzz.py
+@pytest.mark.parametrize("name, overrides, message", [
+    ("ppo_cartpole", {"env_kwargs": {1: 2}}, "'env_kwargs' must be a mapping with string keys"),
+    ("ppo_cartpole", {"lr": 10**400}, "'lr' must be a number"),
+    ("ppo_cartpole", {"num_envs": 10**400}, "num_envs=1000"),
+    ("ppo_cartpole", {"eval_max_steps": 2**40}, "eval_max_steps=1099511627776 does not fit in int32"),
+    ("ppo_cartpole", {"seed": 2**31}, "seed=2147483648 does not fit in int32"),
+    ("ppo_cartpole", {"total_steps": 2**40}, "the iteration counter is int32"),
+    ("dqn_cartpole", {"total_steps": 2**31}, "total_steps=2147483648 is more than dqn supports"),
+    ("ppo_cartpole", {"lr": 1e-50}, "lr=1e-50 does not fit in float32"),
+    ("ppo_cartpole", {"lr": 1e39}, "lr=1e+39 does not fit in float32"),
+    ("ppo_cartpole", {"total_steps": 1024, "eval_every": 3}, "eval_every=3 is more than the run's 2 iterations"),
+    ("dqn_cartpole", {"num_steps": 64, "total_steps": 1000, "learning_starts": 700},
+     "learning_starts=700 is more than the 640 env steps the run takes"),
+    ("ppo_cartpole", {"ent_coef": -0.01}, "ent_coef must be >= 0"),
+    ("ppo_cartpole", {"vf_coef": -1}, "vf_coef must be >= 0"),
+])
+def test_values_that_crashed_or_changed_silently_are_config_errors(name, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        jaxrl.load_config(name, **overrides)
+    assert message in str(err.value)
+
+
+def test_float32_extremes_that_fit_are_kept():
+    assert jaxrl.load_config("ppo_cartpole", max_grad_norm=3e38).max_grad_norm == 3e38
+    assert jaxrl.load_config("ppo_cartpole", lr=2e-38).lr == 2e-38
+
+
+def test_algo_must_match_the_config_class_and_direct_configs_are_type_checked():
+    from jaxrl.algos import ppo
+
+    with pytest.raises(ConfigError, match="algo 'dqn' does not match jaxrl.algos.ppo.Config"):
+        build(ppo.Config, {"algo": "dqn", "total_steps": 512})
+    with pytest.raises(ConfigError, match="'lr' must be a number, got 'x'"):
+        jaxrl.make_train(ppo.Config(lr="x"))
+
+
+def test_yaml_file_errors_and_mapping_overrides(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algo: ppo\nlr: [1,\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        jaxrl.load_config(bad)
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("algo: ppo\n1: 2\n")
+    with pytest.raises(ConfigError, match="unknown config key 1"):
+        jaxrl.load_config(odd)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("algo: ppo\nenv_kwargs: {max_steps_in_episode: 50}\neval_env_kwargs: {max_steps_in_episode: 5}\n")
+    config = jaxrl.load_config(mine, **parse_overrides(["env_kwargs.gravity=20.0", "eval_env_kwargs.gravity=5.0"]))
+    assert config.env_kwargs == {"max_steps_in_episode": 50, "gravity": 20.0}
+    assert config.eval_env_kwargs == {"max_steps_in_episode": 5, "gravity": 5.0}  # was replaced, dropping a key
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"env.max_steps_in_episode": [float("inf")]}, "env.max_steps_in_episode=inf is not a finite number"),
+    ({"env.max_steps_in_episode": [2**31]}, "env param env.max_steps_in_episode is an integer (int32), got 2147483648"),
+    ({"env.gravity": [float("inf")]}, "env.gravity=inf is not a finite number"),
+    ({"env.gravity": [1e39]}, "env.gravity=1e+39 does not fit in float32"),
+    ({"env.gravity": [1e-50]}, "env.gravity=1e-50 does not fit in float32"),
+    ({"lr": [1e-50]}, "lr=1e-50 does not fit in float32"),
+    ({1: [0.1]}, "grid keys must be names"),
+])
+def test_sweep_values_are_checked_before_compiling(grid, message):
+    config = jaxrl.load_config("ppo_cartpole", total_steps=512)
+    with pytest.raises(ConfigError) as err:
+        jaxrl.sweep(config, grid=grid)
+    assert message in str(err.value)
+    with pytest.raises(ConfigError, match="each sample must map names to values"):
+        jaxrl.sweep(config, samples=[0.1, 0.2])
+    with pytest.raises(ConfigError, match="seeds must be a positive integer"):
+        jaxrl.sweep(config, seeds=True, grid={"lr": [1e-3]})

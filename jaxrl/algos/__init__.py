@@ -46,14 +46,15 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> Config:
     """Load a bundled config by name (``"ppo_cartpole"``) or a YAML path, apply overrides, validate.
 
     Overrides are keyword arguments (``load_config("ppo_cartpole", lr=1e-3)``); a ``dict`` given
-    for ``env_kwargs`` is merged into the file's ``env_kwargs``.
+    for a mapping of the file (``env_kwargs``, ``eval_env_kwargs``) is merged into it, so
+    ``env_kwargs.x=1`` on the command line keeps the file's other env_kwargs.
     """
     data = read_yaml(name_or_path)
     if "algo" not in data and "algo" not in overrides:
         raise ConfigError(f"config {str(name_or_path)!r} has no 'algo' key; algorithms: {', '.join(algo_names())}")
     for key, value in overrides.items():
-        if key == "env_kwargs" and isinstance(value, dict):
-            data["env_kwargs"] = {**(data.get("env_kwargs") or {}), **value}
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
         else:
             data[key] = value
     algo = data.get("algo")

@@ -66,6 +66,13 @@ class Config(cfg.Config):
         )
         cfg.require(self.learning_starts < self.total_steps,
                     f"learning_starts={self.learning_starts} leaves no steps to learn in total_steps={self.total_steps}")
+        run_steps = self.num_iterations * self.steps_per_iteration
+        cfg.require(self.learning_starts <= run_steps,
+                    f"learning_starts={self.learning_starts} is more than the {run_steps} env steps the run takes "
+                    f"({self.num_iterations} iterations of num_envs * num_steps = {self.steps_per_iteration}), "
+                    f"so it would never learn")
+        cfg.require(self.total_steps <= cfg.INT32_MAX,  # the epsilon schedule uses it in the compiled program
+                    f"total_steps={self.total_steps} is more than dqn supports ({cfg.INT32_MAX}, int32)")
         cfg.require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         cfg.require(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         cfg.require(0.0 < self.tau <= 1.0, f"tau must be in (0, 1], got {self.tau}")

@@ -48,6 +48,8 @@ class Config(cfg.Config):
         cfg.require(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         cfg.require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         cfg.require(self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}")
+        cfg.require(self.ent_coef >= 0, f"ent_coef must be >= 0, got {self.ent_coef}")
+        cfg.require(self.vf_coef >= 0, f"vf_coef must be >= 0, got {self.vf_coef}")
 
 
 def check(config: Config, spec: Spec, devices: int) -> None:
