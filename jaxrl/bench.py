@@ -88,8 +88,6 @@ def metadata() -> dict[str, Any]:
 
     import jax
 
-    import jaxrl
-
     def version(package: str) -> str | None:
         try:
             return importlib.metadata.version(package)
@@ -100,7 +98,7 @@ def metadata() -> dict[str, Any]:
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
-        "versions": {"jax": jax.__version__, "jaxlib": version("jaxlib"), "jaxrl": jaxrl.__version__,
+        "versions": {"jax": jax.__version__, "jaxlib": version("jaxlib"), "jaxrl": version("jaxrl"),
                      "python": platform.python_version()},
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": _cpu_count()},
     }
