@@ -28,9 +28,15 @@ def final_return(metrics: Mapping[str, Any], episodes: int = FINAL_EPISODES) -> 
     ``metrics`` arrays are ``(..., iterations)`` with ``episode_return`` and ``episodes`` per
     iteration; trailing NaN rows (padding of shorter runs in a sweep) are not iterations. The
     result has shape ``(...)`` and is NaN only where no episode finished at all.
+
+    An offline run takes no env steps, so it has no training episodes: its final return is its
+    latest evaluation's ``eval_return`` (NaN without evaluations).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if "episode_return" not in metrics:
+        shape = np.shape(next(iter(metrics.values())))[:-1]
+        return latest(metrics["eval_return"]) if "eval_return" in metrics else np.full(shape, np.nan)
     returns = np.asarray(metrics["episode_return"], np.float64)
     counts = np.nan_to_num(np.asarray(metrics["episodes"], np.float64))
     # episodes finished from each iteration to the end (inclusive), and before it (exclusive)

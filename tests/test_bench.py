@@ -17,7 +17,7 @@ from jaxrl.config import ConfigError
 # Tiny programs: what is measured here is the benchmark's bookkeeping, not the speed.
 TINY = {
     "ppo_cartpole": dict(total_steps=256, num_steps=16, update_epochs=1, num_minibatches=1, hidden=[16]),
-    "dqn_cartpole": dict(total_steps=400, learning_starts=200, buffer_size=256, batch_size=32, hidden=[16]),
+    "dqn_cartpole": dict(total_steps=400, learning_starts=200, buffer_size=250, batch_size=32, hidden=[16]),
 }
 
 

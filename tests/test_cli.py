@@ -27,7 +27,7 @@ def test_train_writes_run_folder(tmp_path, capsys):
 
 
 TINY_BENCH = ["total_steps=400", "num_steps=16", "update_epochs=1", "num_minibatches=1", "learning_starts=200",
-              "buffer_size=256", "batch_size=32", "hidden=[16]"]  # each applies to the configs that have it
+              "buffer_size=250", "batch_size=32", "hidden=[16]"]  # each applies to the configs that have it
 
 
 def test_bench_two_configs_table_json_and_plot(tmp_path, capsys):
