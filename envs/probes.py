@@ -36,6 +36,11 @@ Two options (keyword arguments of `make`, e.g. `make("probe/constant", max_steps
 
 `optimal_value` and `optimal_action` compute the optima (taking the same options), so tests
 can compare learned values and actions against them.
+
+Which probe it is lives in the env's params too (`ProbeParams.kind`, the index in `PROBES`),
+so one compiled program can play every probe: a sweep over `env.kind` (or `train(key,
+{"env.kind": k})`) trains an agent on each probe with the same program, whatever probe the
+registry name made.
 """
 
 from __future__ import annotations
@@ -132,6 +137,16 @@ class ProbeState:
     time: jax.Array
 
 
+@struct.dataclass
+class ProbeParams:
+    kind: jax.Array  # int32 index in PROBES: which probe this is
+
+
+def kind_index(kind: str) -> int:
+    """The index of probe `kind` in `PROBES` (the value of `ProbeParams.kind`)."""
+    return PROBES.index(kind)
+
+
 class ProbeEnv(Environment):
     """One probe MDP (see the module docstring for the table of rewards, optima and options).
 
@@ -164,38 +179,41 @@ class ProbeEnv(Environment):
     def name(self) -> str:
         return f"probe/{self.kind}" + ("-continuous" if self.continuous else "")
 
+    @property
+    def default_params(self) -> ProbeParams:
+        return ProbeParams(jnp.int32(kind_index(self.kind)))
+
     def _shown(self, obs: jax.Array) -> jax.Array:
         """What the agent observes of the true observation `obs`."""
         return jnp.zeros_like(obs) if self.constant_obs else obs
 
-    def reset(self, key: jax.Array, params: Params) -> tuple[jax.Array, ProbeState]:
-        if self.kind in _SIGNED_OBS:
-            obs = jnp.where(jax.random.bernoulli(key), 1.0, -1.0)[None].astype(jnp.float32)
-        else:
-            obs = jnp.zeros((1,), jnp.float32)
+    def reset(self, key: jax.Array, params: ProbeParams) -> tuple[jax.Array, ProbeState]:
+        signed = _is(params, *_SIGNED_OBS)
+        obs = jnp.where(signed & jax.random.bernoulli(key), 1.0, jnp.where(signed, -1.0, 0.0))
+        obs = obs[None].astype(jnp.float32)
         return self._shown(obs), ProbeState(obs, jnp.zeros((), jnp.int32))
 
-    def _reward(self, state: ProbeState, action: jax.Array) -> jax.Array:
-        if self.kind == "constant":
-            return jnp.ones(())
-        if self.kind == "obs":
-            return state.obs[0]
-        if self.kind == "discount":  # 0 on the first step, +1 on every later one
-            return jnp.where(state.time >= self.horizon - 1, 1.0, 0.0)
-        best = optimal_action(self.kind, state.obs, self.continuous)
+    def _reward(self, state: ProbeState, action: jax.Array, params: ProbeParams) -> jax.Array:
+        sign = jnp.where(_is(params, "obs-action"), state.obs[0], 1.0)  # action probes: a* = f(sign)
         if self.continuous:
-            return 1.0 - jnp.sum(jnp.square(jnp.asarray(action, jnp.float32) - best))
-        return jnp.where(action == best, 1.0, -1.0)
+            action_reward = 1.0 - jnp.sum(jnp.square(jnp.asarray(action, jnp.float32) - CONTINUOUS_TARGET * sign))
+        else:
+            action_reward = jnp.where(action == (sign > 0), 1.0, -1.0)
+        return jnp.select(
+            [_is(params, "constant"), _is(params, "obs"), _is(params, "discount")],
+            [jnp.ones(()), state.obs[0], jnp.where(state.time >= 1, 1.0, 0.0)],  # discount: 0, then +1
+            action_reward)
 
     def step(
-        self, key: jax.Array, state: ProbeState, action: jax.Array, params: Params
+        self, key: jax.Array, state: ProbeState, action: jax.Array, params: ProbeParams
     ) -> StepResult:
         time = state.time + 1
         # Only the two-step probe moves: [0] -> [1].
-        obs = jnp.ones((1,), jnp.float32) if self.kind == "discount" else state.obs
-        reward = self._reward(state, action).astype(jnp.float32)
+        discount = _is(params, "discount")
+        obs = jnp.where(discount, jnp.ones((1,), jnp.float32), state.obs)
+        reward = self._reward(state, action, params).astype(jnp.float32)
         if self.max_steps is None:
-            terminated = time >= self.horizon
+            terminated = time >= jnp.where(discount, HORIZON["discount"], 1)
             truncated = jnp.zeros((), jnp.bool_)
         else:  # a time limit instead of the end of the MDP
             terminated = jnp.zeros((), jnp.bool_)
@@ -207,6 +225,11 @@ class ProbeEnv(Environment):
 
     def action_space(self, params: Params) -> Space:
         return Box(-1.0, 1.0, (1,)) if self.continuous else Discrete(2)
+
+
+def _is(params: ProbeParams, *kinds: str) -> jax.Array:
+    """Whether the probe `params` select is one of `kinds` (a traced bool)."""
+    return jnp.isin(params.kind, jnp.array([kind_index(k) for k in kinds]))
 
 
 def probe_names() -> list[str]:
@@ -226,7 +249,9 @@ __all__ = [
     "PROBES",
     "PROBE_OPTIONS",
     "ProbeEnv",
+    "ProbeParams",
     "ProbeState",
+    "kind_index",
     "make_probe",
     "optimal_action",
     "optimal_value",

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 Metrics = dict[str, jax.Array]
@@ -52,9 +53,9 @@ class Spec(NamedTuple):
     @property
     def action_bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """``(low, high)`` of a continuous action space, flattened to ``action_dim`` floats."""
-        space = self.action_space
-        low = jnp.broadcast_to(jnp.asarray(space.low, jnp.float32), space.shape).reshape(-1)
-        high = jnp.broadcast_to(jnp.asarray(space.high, jnp.float32), space.shape).reshape(-1)
+        space = self.action_space  # NumPy, not jnp: concrete values, also while tracing
+        low = np.broadcast_to(np.asarray(space.low, np.float32), space.shape).reshape(-1)
+        high = np.broadcast_to(np.asarray(space.high, np.float32), space.shape).reshape(-1)
         return tuple(float(x) for x in low), tuple(float(x) for x in high)
 
 

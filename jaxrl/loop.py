@@ -191,7 +191,9 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
     specs = None
     if mesh is not None:  # what is per device (sharded over the env axis) and what is replicated
         P, sharded = PartitionSpec, PartitionSpec(axis)
-        example = jax.eval_shape(lambda k: algo.init(context(config.hparams(), jnp.int32(0)), k), jax.random.key(0))
+        # (the agent's structure, traced as on one device: only which leaves are per device matters)
+        example = jax.eval_shape(lambda k: algo.init(Context(config, spec, config.hparams(), jnp.int32(0)), k),
+                                 jax.random.key(0))
         specs = TrainState(parallel.agent_specs(example), sharded, P(), RewardScaler(sharded, P()), P(), P(), P())
 
     def init(key: jax.Array, hparams: dict | None = None, inputs: Any = None) -> TrainState:

@@ -37,7 +37,8 @@ class Optimizer:
     """One optimized part of an agent: Adam after optional global-norm gradient clipping.
 
     ``lr`` and ``max_grad_norm`` name traced hyperparameters (``ctx.hp``), so they can be swept
-    and vmapped; ``max_grad_norm=None`` turns clipping off. ``schedule`` scales the learning
+    and vmapped; a ``max_grad_norm`` hyperparameter of 0 clips nothing, and ``max_grad_norm=None``
+    leaves clipping out of the program. ``schedule`` scales the learning
     rate over training (:data:`SCHEDULES`). Metrics of the part are named ``prefix + "loss"``,
     ``prefix + "grad_norm"`` and ``prefix + "lr"`` (``prefix=""``: ``loss``, ``grad_norm``,
     ``lr``; ``prefix="actor_"``: ``actor_loss``, ...).
@@ -54,7 +55,10 @@ class Optimizer:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
     def transform(self, lr: jax.Array | float, max_grad_norm: jax.Array | float | None) -> optax.GradientTransformation:
-        """The optax chain: clip by global norm (unless None), Adam, scale by ``-lr``."""
+        """The optax chain: clip by global norm (not for None; a traced 0 clips nothing), Adam,
+        scale by ``-lr``."""
+        if max_grad_norm is not None:
+            max_grad_norm = jnp.where(max_grad_norm > 0, max_grad_norm, jnp.inf)
         parts = [] if max_grad_norm is None else [optax.clip_by_global_norm(max_grad_norm)]
         return optax.chain(*parts, optax.scale_by_adam(eps=self.eps), optax.scale_by_learning_rate(lr))
 

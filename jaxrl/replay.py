@@ -13,11 +13,56 @@ Observations are stored raw, as the env produced them: normalise them when sampl
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from jaxrl import config as cfg
+from jaxrl.core import Context, Transition, nan_like
+from jaxrl.returns import nstep_window
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(cfg.Config):
+    """The settings every algorithm that learns from a replay buffer shares."""
+
+    num_envs: int = 1
+    num_steps: int = 1
+    buffer_size: int = 100_000  # transitions, all envs together (a multiple of num_envs)
+    batch_size: int = 256
+    learning_starts: int = 1_000  # env steps stored before the first gradient step
+    updates_per_iteration: int = 1  # gradient steps per iteration (of num_envs * num_steps env steps)
+    n_step: int = 1  # n-step returns from the buffer (cut at episode ends; bootstrapped at time limits)
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("buffer_size", "batch_size", "updates_per_iteration", "n_step"):
+            cfg.require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        cfg.require(self.buffer_size % self.num_envs == 0,
+                    f"buffer_size={self.buffer_size} is not a multiple of num_envs={self.num_envs} (the buffer "
+                    f"keeps buffer_size / num_envs steps of every env)")
+        cfg.require(self.batch_size <= self.buffer_size,
+                    f"batch_size={self.batch_size} is larger than buffer_size={self.buffer_size}")
+        cfg.require(self.buffer_size >= self.steps_per_iteration,
+                    f"buffer_size={self.buffer_size} cannot hold one iteration's "
+                    f"num_envs * num_steps = {self.steps_per_iteration} transitions")
+        cfg.require(self.steps_per_iteration <= self.learning_starts <= self.buffer_size,
+                    f"learning_starts={self.learning_starts} must lie between one iteration's "
+                    f"{self.steps_per_iteration} transitions and buffer_size={self.buffer_size}")
+        run_steps = self.num_iterations * self.steps_per_iteration
+        cfg.require(self.learning_starts <= run_steps,
+                    f"learning_starts={self.learning_starts} is more than the {run_steps} env steps the run takes "
+                    f"({self.num_iterations} iterations of num_envs * num_steps = {self.steps_per_iteration}), "
+                    f"so it would never learn")
+        cfg.require(self.learning_starts >= self.n_step * self.num_envs,
+                    f"learning_starts={self.learning_starts} stores fewer than n_step={self.n_step} steps of each "
+                    f"of the {self.num_envs} envs before learning starts")
+        cfg.require(self.n_step <= self.buffer_size // self.num_envs,
+                    f"n_step={self.n_step} is longer than the {self.buffer_size // self.num_envs} steps the "
+                    f"buffer keeps per env")
 
 
 class Buffer(struct.PyTreeNode):
@@ -80,3 +125,61 @@ def sample_windows(buffer: Buffer, key: jax.Array, batch_size: int, length: int)
     starts = jax.random.randint(k_time, (batch_size,), 0, jnp.maximum(buffer.size - length + 1, 1))
     slot = (_oldest(buffer) + starts[:, None] + jnp.arange(length)) % buffer.capacity
     return jax.tree.map(lambda d: d[env[:, None], slot], buffer.data)
+
+
+STORED = ("obs", "action", "reward", "terminated", "truncated", "next_obs")  # what off-policy learners keep
+
+
+def transitions(traj: Transition) -> dict[str, jax.Array]:
+    """The fields of a rollout a replay buffer stores (raw observations)."""
+    return {name: getattr(traj, name) for name in STORED}
+
+
+def example_transition(ctx: Context) -> dict[str, jax.Array]:
+    """One env's transition (zeros) shaped as :func:`transitions` stores it, for :func:`create`."""
+    obs = jnp.zeros(ctx.spec.obs_shape, jnp.float32)
+    action = (jnp.int32(0) if ctx.spec.discrete
+              else jnp.zeros(ctx.spec.action_space.shape, jnp.float32))
+    return {"obs": obs, "action": action, "reward": jnp.float32(0), "terminated": jnp.bool_(False),
+            "truncated": jnp.bool_(False), "next_obs": obs}
+
+
+def sample_nstep(buffer: Buffer, key: jax.Array, batch_size: int, n: int, gamma: jax.Array) -> dict[str, jax.Array]:
+    """A minibatch of TD-target ingredients: ``obs`` and ``action`` of a stored step, ``reward``
+    (its n-step return, cut at the first episode end: :func:`jaxrl.returns.nstep_window`),
+    ``discount`` (what the bootstrap value is weighed with: 0 after a termination) and
+    ``next_obs`` (the observation to bootstrap from). The TD target is
+    ``reward + discount * V(next_obs)``. Observations are raw: normalise them at use."""
+    if n == 1:
+        b = sample(buffer, key, batch_size)
+        discount = gamma * (1.0 - b["terminated"].astype(jnp.float32))
+        return {"obs": b["obs"], "action": b["action"], "reward": b["reward"], "discount": discount,
+                "next_obs": b["next_obs"]}
+    w = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), sample_windows(buffer, key, batch_size, n))  # (n, B, ...)
+    ret, discount, last = nstep_window(w["reward"], w["terminated"], w["truncated"], gamma)
+    next_obs = jnp.take_along_axis(w["next_obs"], last.reshape((1, -1) + (1,) * (w["next_obs"].ndim - 2)), 0)[0]
+    return {"obs": w["obs"][0], "action": w["action"][0], "reward": ret, "discount": discount, "next_obs": next_obs}
+
+
+def update_after_warmup(ctx: Context, agent: Any, key: jax.Array,
+                        update: Callable[[Any, jax.Array, jax.Array], tuple[Any, dict]],
+                        updates: int, learning_starts: int) -> tuple[Any, dict[str, jax.Array]]:
+    """``updates`` calls of ``update(agent, key, step) -> (agent, metrics)`` (a scan; each
+    metric is averaged over the calls that reported it, NaN counting as not reported), once
+    ``learning_starts`` env steps are stored; before that the agent is unchanged and the
+    metrics NaN. ``step`` is the gradient step's index in the run (the same in every seed). The
+    warm-up is a real branch (the iteration index is not batched across seeds), so no gradient
+    step is computed while it lasts."""
+    first = ctx.iteration * updates
+
+    def train(agent: Any) -> tuple[Any, dict]:
+        steps = first + jnp.arange(updates, dtype=jnp.int32)
+        agent, metrics = jax.lax.scan(lambda a, xs: update(a, *xs), agent, (jax.random.split(key, updates), steps))
+        return agent, jax.tree.map(jnp.nanmean, metrics)
+
+    def wait(agent: Any) -> tuple[Any, dict]:
+        return agent, nan_like(jax.eval_shape(train, agent)[1])
+
+    ready = ctx.env_steps + ctx.config.steps_per_iteration >= learning_starts
+    return jax.lax.cond(ready, train, wait, agent)
+

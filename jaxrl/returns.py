@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxrl.core import vary_like
 
-__all__ = ["gae", "td_lambda", "nstep_returns"]
+__all__ = ["gae", "td_lambda", "nstep_returns", "nstep_window"]
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -225,3 +225,41 @@ def nstep_returns(
         return x + c * following
 
     return lax.fori_loop(1, min(int(n), x.shape[0]), extend, x + c * nv)
+
+
+def nstep_window(
+    rewards: ArrayLike,
+    terminated: ArrayLike,
+    truncated: ArrayLike,
+    gamma: ArrayLike,
+) -> tuple[Array, Array, Array]:
+    """The n-step return from the first step of windows of ``n`` consecutive steps (replay).
+
+    The arrays are time-major windows ``(n, ...)`` of one env's steps (from
+    :func:`jaxrl.replay.sample_windows`); the return is cut at the first episode end inside the
+    window::
+
+        G = sum_{k<m} gamma^k r_k,   discount = gamma^m (1 - term_{m-1}),   last = m - 1
+
+    with ``m = min(n, 1 + first k with term_k or trunc_k)``. The target is
+    ``G + discount * V(next_obs[last])``: at a truncation ``next_obs`` is the final observation,
+    so time limits are bootstrapped, and a termination contributes nothing after it. ``n = 1``
+    gives ``r_0 + gamma (1 - term_0) V(next_obs_0)``.
+
+    Returns:
+        ``(G, discount, last)`` shaped like one step of the window (``last`` is int32).
+    """
+    _check_shapes(rewards=rewards, terminated=terminated, truncated=truncated)
+    rewards = jnp.asarray(rewards)
+    dtype = jnp.result_type(rewards, jnp.float32)
+    term = jnp.asarray(terminated).astype(bool)
+    done = term | jnp.asarray(truncated).astype(bool)
+    # step k belongs to the first step's episode if no step before it ended one
+    alive = jnp.cumprod(jnp.concatenate([jnp.ones_like(done[:1]), ~done[:-1]], axis=0), axis=0).astype(dtype)
+    powers = jnp.asarray(gamma, dtype) ** jnp.arange(rewards.shape[0], dtype=dtype).reshape((-1,) + (1,) * (rewards.ndim - 1))
+    steps = alive.sum(0).astype(jnp.int32)  # m
+    last = steps - 1
+    term_last = jnp.take_along_axis(term, last[None], axis=0)[0]
+    discount = jnp.asarray(gamma, dtype) ** steps.astype(dtype) * (1.0 - term_last.astype(dtype))
+    return (alive * powers * rewards.astype(dtype)).sum(0), discount, last
+

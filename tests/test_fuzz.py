@@ -315,7 +315,7 @@ def assert_metrics_finite_or_nan_by_design(config: Any, metrics: dict[str, np.nd
 
 def assert_state_finite(state: Any) -> None:
     """Every float in the train state is finite, the environments' own state aside."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state.replace(env_state=None)):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state.replace(env=state.env.replace(env_state=None))):
         if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating):  # (not the PRNG keys)
             assert np.isfinite(np.asarray(leaf)).all(), f"state{jax.tree_util.keystr(path)} is not finite"
 

@@ -17,23 +17,20 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxrl import config as cfg
-from jaxrl import losses, networks, replay, targets
-from jaxrl.core import Context, Spec, Transition, nan_like, per_device
+from jaxrl import explore, losses, networks, replay, targets
+from jaxrl.core import Context, Spec, Transition, per_device
 from jaxrl.networks import QNetwork
 from jaxrl.optim import Optimizer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(cfg.Config):
+class Config(replay.Config):
     algo: str = "dqn"
     num_envs: int = 8
-    num_steps: int = 1
     activation: str = "relu"
     hidden: tuple[int, ...] = (120, 84)
-    buffer_size: int = 10_000  # transitions, all envs together (a multiple of num_envs)
+    buffer_size: int = 10_000
     batch_size: int = 128
-    learning_starts: int = 1_000  # env steps stored before the first gradient step
-    updates_per_iteration: int = 1
     target_update_interval: int = 100  # in gradient steps
     double: bool = True
     dueling: bool = False
@@ -49,28 +46,8 @@ class Config(cfg.Config):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("buffer_size", "batch_size", "updates_per_iteration", "target_update_interval"):
-            cfg.require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        cfg.require(self.buffer_size % self.num_envs == 0,
-                    f"buffer_size={self.buffer_size} is not a multiple of num_envs={self.num_envs} (the buffer "
-                    f"keeps buffer_size / num_envs steps of every env)")
-        cfg.require(
-            self.buffer_size >= self.steps_per_iteration,
-            f"buffer_size={self.buffer_size} cannot hold one iteration's "
-            f"num_envs * num_steps = {self.steps_per_iteration} transitions",
-        )
-        cfg.require(
-            self.steps_per_iteration <= self.learning_starts <= self.buffer_size,
-            f"learning_starts={self.learning_starts} must lie between one iteration's "
-            f"{self.steps_per_iteration} transitions and buffer_size={self.buffer_size}",
-        )
-        cfg.require(self.learning_starts < self.total_steps,
-                    f"learning_starts={self.learning_starts} leaves no steps to learn in total_steps={self.total_steps}")
-        run_steps = self.num_iterations * self.steps_per_iteration
-        cfg.require(self.learning_starts <= run_steps,
-                    f"learning_starts={self.learning_starts} is more than the {run_steps} env steps the run takes "
-                    f"({self.num_iterations} iterations of num_envs * num_steps = {self.steps_per_iteration}), "
-                    f"so it would never learn")
+        cfg.require(self.target_update_interval >= 1,
+                    f"target_update_interval must be >= 1, got {self.target_update_interval}")
         cfg.require(self.total_steps <= cfg.INT32_MAX,  # the epsilon schedule uses it in the compiled program
                     f"total_steps={self.total_steps} is more than dqn supports ({cfg.INT32_MAX}, int32)")
         cfg.require(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -107,11 +84,8 @@ def optimizer(ctx: Context) -> Optimizer:
 
 def init(ctx: Context, key: jax.Array) -> State:
     c = ctx.config
-    obs = jnp.zeros(ctx.spec.obs_shape, jnp.float32)
-    params = networks.init(network(ctx), key, obs[None])
-    item = {"obs": obs, "action": jnp.int32(0), "reward": jnp.float32(0),
-            "terminated": jnp.bool_(False), "next_obs": obs}
-    buffer = replay.create(item, c.num_envs // ctx.devices, c.buffer_size // c.num_envs)
+    params = networks.init(network(ctx), key, jnp.zeros((1, *ctx.spec.obs_shape)))
+    buffer = replay.create(replay.example_transition(ctx), c.num_envs // ctx.devices, c.buffer_size // c.num_envs)
     return State(params, params, optimizer(ctx).init(params), jnp.int32(0), buffer)
 
 
@@ -123,11 +97,7 @@ def epsilon(ctx: Context) -> jax.Array:
 
 
 def _epsilon_greedy(ctx: Context, agent: State, obs: jax.Array, key: jax.Array, eps: jax.Array) -> jax.Array:
-    k_explore, k_random = jax.random.split(key)
-    greedy = network(ctx).apply(agent.params, obs).argmax(-1)
-    random = jax.random.randint(k_random, greedy.shape, 0, ctx.spec.action_dim)
-    explore = jax.random.uniform(k_explore, greedy.shape) < eps
-    return jnp.where(explore, random, greedy).astype(jnp.int32)
+    return explore.epsilon_greedy(key, network(ctx).apply(agent.params, obs), eps)
 
 
 def act(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, tuple, dict]:
@@ -141,11 +111,11 @@ def policy(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Ar
 
 
 def loss(ctx: Context, params: dict, target_params: dict, b: dict) -> tuple[jax.Array, dict]:
-    net, gamma = network(ctx), ctx.hp["gamma"]
+    net = network(ctx)
     q_next_target = net.apply(target_params, b["next_obs"])
     chooser = net.apply(params, b["next_obs"]) if ctx.config.double else q_next_target
     best = jnp.take_along_axis(q_next_target, chooser.argmax(-1)[:, None], -1)[:, 0]
-    target = b["reward"] + gamma * (1.0 - b["terminated"]) * best
+    target = b["reward"] + b["discount"] * best
     q = jnp.take_along_axis(net.apply(params, b["obs"]), b["action"][:, None], -1)[:, 0]
     per_item = losses.td_error_loss(q - jax.lax.stop_gradient(target), ctx.config.huber)
     return per_item.mean(), {"q_mean": q.mean()}
@@ -153,28 +123,17 @@ def loss(ctx: Context, params: dict, target_params: dict, b: dict) -> tuple[jax.
 
 def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple[State, dict]:
     c, hp = ctx.config, ctx.hp
-    items = {"obs": traj.obs, "action": traj.action, "reward": traj.reward,
-             "terminated": traj.terminated, "next_obs": traj.next_obs}
-    agent = agent.replace(buffer=replay.add(agent.buffer, items))
+    agent = agent.replace(buffer=replay.add(agent.buffer, replay.transitions(traj)))
     opt = optimizer(ctx)
 
-    def update(agent: State, step_key: jax.Array) -> tuple[State, dict]:
-        batch = replay.sample(agent.buffer, step_key, c.batch_size // ctx.devices)
-        batch = {**batch, "obs": ctx.normalize(batch["obs"]), "next_obs": ctx.normalize(batch["next_obs"]),
-                 "terminated": batch["terminated"].astype(jnp.float32)}
+    def update(agent: State, step_key: jax.Array, step: jax.Array) -> tuple[State, dict]:
+        batch = replay.sample_nstep(agent.buffer, step_key, c.batch_size // ctx.devices, c.n_step, hp["gamma"])
+        batch = {**batch, "obs": ctx.normalize(batch["obs"]), "next_obs": ctx.normalize(batch["next_obs"])}
         params, opt_state, metrics = opt.step(
             ctx, agent.params, agent.opt_state, lambda p, b: loss(ctx, p, agent.target_params, b), batch)
         updates = agent.updates + 1
         target = targets.update(agent.target_params, params, hp["tau"], updates, c.target_update_interval)
         return agent.replace(params=params, target_params=target, opt_state=opt_state, updates=updates), metrics
 
-    def train(agent: State) -> tuple[State, dict]:
-        agent, metrics = jax.lax.scan(update, agent, jax.random.split(key, c.updates_per_iteration))
-        return agent, jax.tree.map(jnp.mean, metrics)
-
-    def wait(agent: State) -> tuple[State, dict]:  # replay warm-up: no gradient steps yet
-        return agent, nan_like(jax.eval_shape(train, agent)[1])
-
-    ready = ctx.env_steps + c.steps_per_iteration >= c.learning_starts
-    agent, metrics = jax.lax.cond(ready, train, wait, agent)
+    agent, metrics = replay.update_after_warmup(ctx, agent, key, update, c.updates_per_iteration, c.learning_starts)
     return agent, {**metrics, "lr": opt.learning_rate(ctx), "epsilon": epsilon(ctx)}
