@@ -31,3 +31,25 @@ def context(train) -> Context:
 @pytest.fixture(autouse=True)
 def _no_rounding_warnings(recwarn):
     yield
+
+
+# an observation of each kind of probe (its states: the random sign, or the two steps of discount)
+PROBE_OBS = {"constant": [0.0], "obs": [-1.0, 1.0], "discount": [0.0, 1.0], "action": [0.0], "obs-action": [-1.0, 1.0]}
+
+
+def probe_obs(kind: str) -> jnp.ndarray:
+    return jnp.array(PROBE_OBS[kind])[:, None]
+
+
+def on_every_probe(config):
+    """Seed 0 of ``config`` trained on each probe (``probes.PROBES`` order) by one compiled
+    program: the probe's kind is an env param, vmapped. Returns ``(train, agent)`` with
+    ``agent(i)`` the agent trained on probe ``i``; every one stayed finite."""
+    from jaxrl.envs import probes
+
+    train = jaxrl.make_train(config)
+    kinds = jnp.arange(len(probes.PROBES), dtype=jnp.int32)
+    out = jax.device_get(jax.jit(jax.vmap(train, in_axes=(None, 0)))(jax.random.key(0), {"env.kind": kinds}))
+    assert (out.state.diverged_at == -1).all()
+    return train, lambda i: jax.tree.map(lambda x: x[i], out.state.agent)
+

@@ -1,7 +1,10 @@
-"""Learning tests: thresholds a broken implementation cannot reach, 4 seeds vmapped each.
+"""Learning tests: thresholds a broken implementation cannot reach, several seeds vmapped each.
 
-The CartPole PPO run (4 vmapped seeds x 976 iterations) doubles as the regression test for the
-CPU deadlock seen with jax 0.10 on 2 cores: it must finish (pytest-timeout guards it).
+The default run has each algorithm's bundled config on a short budget (random play scores about
+-1200 on Pendulum-v1 and 22 on CartPole-v1); the full budgets and the issue's thresholds are in
+the slow suite (``pytest -m slow``). The CartPole PPO run (4 vmapped seeds x 976 iterations)
+doubles as the regression test for the CPU deadlock seen with jax 0.10 on 2 cores: it must
+finish (pytest-timeout guards it).
 """
 
 from __future__ import annotations
@@ -13,17 +16,32 @@ import jaxrl
 from jaxrl.metrics import final_return
 from tests.conftest import run
 
+SLOW = pytest.mark.slow
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("name, overrides, threshold", [
-    ("ppo_cartpole", {}, 475.0),
-    ("ppo_pendulum", {}, -250.0),
-    ("dqn_cartpole", {}, 400.0),
+
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("name, overrides, seeds, episodes, threshold", [
+    ("ppo_cartpole", {}, 4, 100, 475.0),
+    ("ppo_pendulum", {}, 4, 100, -250.0),
+    ("dqn_cartpole", {}, 4, 100, 400.0),
+    # the off-policy actor-critics on a short budget: the mean of the last 20 episodes
+    ("sac_pendulum", {"total_steps": 12_000}, 2, 20, -400.0),
+    ("td3_pendulum", {"total_steps": 12_000}, 2, 20, -400.0),
+    ("ddpg_pendulum", {"total_steps": 12_000}, 2, 20, -400.0),
+    ("tqc_pendulum", {"total_steps": 12_000}, 2, 20, -400.0),
+    ("sac_discrete_cartpole", {"total_steps": 12_000}, 2, 20, 100.0),
+    # the full budgets (slow suite)
+    pytest.param("sac_pendulum", {}, 4, 100, -250.0, marks=SLOW),
+    pytest.param("td3_pendulum", {}, 4, 100, -250.0, marks=SLOW),
+    pytest.param("ddpg_pendulum", {}, 4, 100, -250.0, marks=SLOW),
+    pytest.param("tqc_pendulum", {}, 4, 100, -250.0, marks=SLOW),
+    pytest.param("sac_discrete_cartpole", {}, 4, 100, 400.0, marks=SLOW),
 ])
-def test_learns(name, overrides, threshold):
+def test_learns(name, overrides, seeds, episodes, threshold):
     config = jaxrl.load_config(name, **overrides)
-    _, out = run(config, seeds=4)
-    final = final_return(out.metrics)
-    assert final.shape == (4,)
+    _, out = run(config, seeds=seeds)
+    final = final_return(out.metrics, episodes)
+    assert final.shape == (seeds,)
     assert np.nanmean(final) >= threshold, f"{name}: final returns {final}"
     assert out.metrics["env_steps"][0, -1] <= config.total_steps
+    assert (out.state.diverged_at == -1).all()

@@ -6,6 +6,7 @@ policy improvement, conditioning on observations), so a failure here points at t
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,33 +14,28 @@ import pytest
 import jaxrl
 from jaxrl.algos import dqn, ppo
 from jaxrl.envs import probes
-from tests.conftest import context, run
+from tests.conftest import context, on_every_probe, probe_obs, run
 
 GAMMA = 0.9  # so probe/discount's V(0) = 0.9 differs visibly from 1
-OBS = {"constant": [0.0], "obs": [-1.0, 1.0], "discount": [0.0, 1.0], "action": [0.0], "obs-action": [-1.0, 1.0]}
-
-
-def _obs(kind: str) -> jnp.ndarray:
-    return jnp.array(OBS[kind])[:, None]
+_obs = probe_obs
 
 
 @pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "continuous"])
-@pytest.mark.parametrize("kind", probes.PROBES)
-def test_ppo_solves_probe(kind, continuous):
-    env = f"probe/{kind}" + ("-continuous" if continuous else "")
+def test_ppo_solves_every_probe(continuous):
+    env = "probe/constant" + ("-continuous" if continuous else "")
     config = jaxrl.load_config("ppo_cartpole", env=env, total_steps=24_576, num_envs=16, num_steps=8,
                                lr=3e-3, gamma=GAMMA, ent_coef=0.0, anneal_lr=False)
-    train, out = run(config)
-    params = jax_first(out.state.agent.params)
-    pi, value = ppo.network(context(train)).apply(params, _obs(kind))
-    np.testing.assert_allclose(value, probes.optimal_value(kind, _obs(kind), GAMMA), atol=0.1)
-    if kind in ("action", "obs-action"):
-        best = probes.optimal_action(kind, _obs(kind), continuous)
-        if continuous:
-            np.testing.assert_allclose(pi.mean()[:, 0], np.asarray(best).reshape(-1), atol=0.1)
-        else:
-            np.testing.assert_array_equal(pi.mode(), np.asarray(best).reshape(-1))
-            assert np.all(pi.probs.max(-1) > 0.9)
+    train, agent = on_every_probe(config)
+    for i, kind in enumerate(probes.PROBES):
+        pi, value = ppo.network(context(train)).apply(agent(i).params, _obs(kind))
+        np.testing.assert_allclose(value, probes.optimal_value(kind, _obs(kind), GAMMA), atol=0.1, err_msg=kind)
+        if kind in ("action", "obs-action"):
+            best = probes.optimal_action(kind, _obs(kind), continuous)
+            if continuous:
+                np.testing.assert_allclose(pi.mean()[:, 0], np.asarray(best).reshape(-1), atol=0.1, err_msg=kind)
+            else:
+                np.testing.assert_array_equal(pi.mode(), np.asarray(best).reshape(-1), err_msg=kind)
+                assert np.all(pi.probs.max(-1) > 0.9), kind
 
 
 def _dqn_probe_config(kind: str, **options):
@@ -50,15 +46,17 @@ def _dqn_probe_config(kind: str, **options):
     return jaxrl.load_config("dqn_cartpole", **{**settings, **options})
 
 
-@pytest.mark.parametrize("kind", probes.PROBES)
-def test_dqn_solves_probe(kind):
-    train, out = run(_dqn_probe_config(kind))
-    q = dqn.network(context(train)).apply(jax_first(out.state.agent.params), _obs(kind))
-    np.testing.assert_allclose(q.max(-1), probes.optimal_value(kind, _obs(kind), GAMMA), atol=0.1)
-    if kind in ("action", "obs-action"):
-        best = np.asarray(probes.optimal_action(kind, _obs(kind), False)).reshape(-1)
-        np.testing.assert_array_equal(q.argmax(-1), best)
-        np.testing.assert_allclose(q.min(-1), -1.0, atol=0.1)  # the wrong action's value
+@pytest.mark.parametrize("options", [{}, {"dueling": True}, {"double": False, "tau": 0.05, "target_update_interval": 1}],
+                         ids=["double", "dueling", "polyak-single"])
+def test_dqn_solves_every_probe(options):
+    train, agent = on_every_probe(_dqn_probe_config("constant", **options))
+    for i, kind in enumerate(probes.PROBES):
+        q = dqn.network(context(train)).apply(agent(i).params, _obs(kind))
+        np.testing.assert_allclose(q.max(-1), probes.optimal_value(kind, _obs(kind), GAMMA), atol=0.1, err_msg=kind)
+        if kind in ("action", "obs-action"):
+            best = np.asarray(probes.optimal_action(kind, _obs(kind), False)).reshape(-1)
+            np.testing.assert_array_equal(q.argmax(-1), best, err_msg=kind)
+            np.testing.assert_allclose(q.min(-1), -1.0, atol=0.1, err_msg=kind)  # the wrong action's value
 
 
 def jax_first(tree):
@@ -66,20 +64,6 @@ def jax_first(tree):
     import jax
 
     return jax.tree.map(lambda x: x[0], tree)
-
-
-@pytest.mark.parametrize("options", [
-    {"dueling": True},
-    {"double": False, "tau": 0.05, "target_update_interval": 1},  # Polyak-averaged target
-], ids=["dueling", "polyak-single"])
-def test_dqn_variants_solve_probe(options):
-    kind = "obs-action"
-    train, out = run(_dqn_probe_config(kind, **options))
-    q = dqn.network(context(train)).apply(jax_first(out.state.agent.params), _obs(kind))
-    best = np.asarray(probes.optimal_action(kind, _obs(kind), False)).reshape(-1)
-    np.testing.assert_array_equal(q.argmax(-1), best)
-    np.testing.assert_allclose(q.max(-1), 1.0, atol=0.1)
-    np.testing.assert_allclose(q.min(-1), -1.0, atol=0.1)
 
 
 # Time-limited probe: never terminates, truncated every 5 steps, +1 per step, obs always [0] (so
