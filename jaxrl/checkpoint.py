@@ -319,6 +319,17 @@ class Checkpointer:
         self.wait()
         return self._read_meta(step)
 
+    def latest_readable_meta(self) -> dict[str, Any] | None:
+        """The ``meta`` of the newest step whose ``meta`` can be read (None without any), as
+        :meth:`restore` falls back past a damaged newest step: what a resume will restore."""
+        for step in self.steps()[::-1]:
+            try:
+                return self._read_meta(step)
+            except Exception as err:  # noqa: BLE001 - damaged: an older step may do
+                warnings.warn(f"checkpoint {self.directory / str(step)} has unreadable metadata "
+                              f"({type(err).__name__}: {err}); looking at an older one", stacklevel=2)
+        return None
+
     def _read_meta(self, step: int) -> dict[str, Any]:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 

@@ -238,7 +238,7 @@ def _prepare_resume(args: argparse.Namespace, run_dir: Path) -> tuple[int, int |
     if ckpt_dir.is_dir():
         ckpt = Checkpointer(ckpt_dir, read_only=True)
         try:
-            meta = ckpt.meta() if ckpt.latest_step() is not None else None
+            meta = ckpt.latest_readable_meta()
         finally:
             ckpt.close()
     if meta is None:

@@ -71,15 +71,18 @@ def finite(agent: Any, stats: Any, learn_metrics: Metrics) -> jax.Array:
     data, not learned state, and is the one part of an agent whose size grows with the run
     (checking it every iteration would cost time).
     """
-    checks: list[jax.Array] = []
+    floats: list[jax.Array] = []
 
-    def check(x: jax.Array) -> None:
+    def keep(x: jax.Array) -> None:
         if jnp.issubdtype(x.dtype, jnp.floating):
-            checks.append(jnp.isfinite(x).all())
+            floats.append(x.astype(jnp.float32).ravel())
 
-    map_per_device((agent, stats), check, lambda x: None)
-    checks += [~jnp.isinf(v).any() for v in learn_metrics.values() if jnp.issubdtype(v.dtype, jnp.floating)]
-    return jnp.stack(checks).all() if checks else jnp.bool_(True)
+    map_per_device((agent, stats), keep, lambda x: None)
+    # one concatenated vector, one reduction: a check per leaf compiles into many small kernels
+    # (PPO CartPole, 16 seeds, 3 interleaved compiles: 5.95 s per leaf against 5.41 s concatenated)
+    healthy = jnp.isfinite(jnp.concatenate(floats)).all() if floats else jnp.bool_(True)
+    metrics = [v.astype(jnp.float32).ravel() for v in learn_metrics.values() if jnp.issubdtype(v.dtype, jnp.floating)]
+    return healthy & ~jnp.isinf(jnp.concatenate(metrics)).any() if metrics else healthy
 
 
 class DivergenceWarning(UserWarning):

@@ -207,8 +207,9 @@ def train_seeds(
             from jaxrl.checkpoint import Checkpointer
 
             ckpt = cleanup.enter_context(Checkpointer(checkpoint_dir, keep=keep, async_save=True))
-        if resume and ckpt.latest_step() is not None:
-            _check_resumable(ckpt.meta(), config, num_seeds, hparams, devices, fingerprint)
+        newest = ckpt.latest_readable_meta() if resume else None
+        if newest is not None:
+            _check_resumable(newest, config, num_seeds, hparams, devices, fingerprint)  # before any restoring
             abstract = jax.eval_shape(jax.vmap(train.init, in_axes=(0, None, None)), keys, hparams, inputs)
             restored = ckpt.restore(abstract)
             _check_resumable(restored.meta, config, num_seeds, hparams, devices, fingerprint)

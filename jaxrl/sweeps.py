@@ -167,6 +167,7 @@ def sweep(
     separate: bool = False,
     devices: Sequence[jax.Device] | None = None,
     on_divergence: str = "warn",
+    inputs: Any = None,
 ) -> SweepResult:
     """Train every setting of ``grid`` (cross product) or ``samples`` for ``seeds`` seeds.
 
@@ -177,6 +178,9 @@ def sweep(
     program's memory analysis to use at most half of the free device (or host) memory.
     ``devices`` default to ``jax.devices()``.
     Run ``s`` of a setting equals a single run of that setting with seed ``config.seed + s``.
+
+    ``inputs`` (see :func:`jaxrl.loop.make_train`) is shared by every run: one copy on each
+    device, not one per run.
 
     Runs that diverge (a NaN or infinity in their learner, detected inside the program) are
     reported with a :class:`jaxrl.loop.DivergenceWarning` and in ``SweepResult.diverged_at``.
@@ -233,7 +237,7 @@ def sweep(
         group_config = config.replace(**{k: settings[rows[0]][k] for k in static_keys})
         hp = {k: np.array([settings[r][k] for r in rows], hparam_dtype(k, env_values))
               for k in settings[0] if k in traced}
-        out, c, r, diverged = _run(group_config, hp, len(rows), seeds, batch_size, devices, stop)
+        out, c, r, diverged = _run(group_config, hp, len(rows), seeds, batch_size, devices, stop, inputs)
         compile_s, run_s = compile_s + c, run_s + r
         for n, row in enumerate(rows[:len(out.metrics["env_steps"])]):
             metrics[row] = jax.tree.map(lambda x: x[n], out.metrics)
@@ -311,10 +315,10 @@ def free_memory(device: jax.Device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _auto_batch_size(program, keys, flat_hp, sharding, n_devices: int) -> int:
+def _auto_batch_size(program, keys, flat_hp, inputs, sharding, n_devices: int) -> int:
     """Runs per batch that fit in half the free memory, from a one-run-per-device compile."""
     idx = np.minimum(np.arange(n_devices), len(keys) - 1)
-    probe = (keys[idx], {k: v[idx] for k, v in flat_hp.items()})
+    probe = (keys[idx], {k: v[idx] for k, v in flat_hp.items()}, inputs)
     stats = program.lower(*probe).compile().memory_analysis()
     per_run = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes) / n_devices
     fits = int(free_memory(sharding.mesh.devices.flat[0]) * n_devices * 0.5 // max(per_run, 1))
@@ -322,7 +326,8 @@ def _auto_batch_size(program, keys, flat_hp, sharding, n_devices: int) -> int:
 
 
 def _run(config: Config, hp: dict[str, np.ndarray], n_settings: int, seeds: int,
-         batch_size: int | str | None, devices: Sequence[jax.Device] | None, stop: bool = False):
+         batch_size: int | str | None, devices: Sequence[jax.Device] | None, stop: bool = False,
+         inputs: Any = None):
     """One program over ``n_settings * seeds`` runs: outputs shaped (settings, seeds, ...), compile
     and run seconds, and whether any run diverged.
 
@@ -336,20 +341,22 @@ def _run(config: Config, hp: dict[str, np.ndarray], n_settings: int, seeds: int,
     mesh = Mesh(np.array(devices), ("batch",))
     sharding = NamedSharding(mesh, PartitionSpec("batch"))
 
-    def run_batch(key_data, hparams):
-        out = jax.vmap(train)(jax.random.wrap_key_data(key_data), hparams)
+    def run_batch(key_data, hparams, inputs):
+        out = jax.vmap(train, in_axes=(0, 0, None))(jax.random.wrap_key_data(key_data), hparams, inputs)
         return jax.tree.map(_host_friendly, out)
 
-    program = jax.jit(run_batch, in_shardings=sharding, out_shardings=sharding)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    inputs = jax.tree.map(lambda x: _global_array(np.asarray(x), replicated), inputs)  # once per device
+    program = jax.jit(run_batch, in_shardings=(sharding, sharding, replicated), out_shardings=sharding)
     if batch_size == "auto":
-        batch_size = _auto_batch_size(program, keys, flat_hp, sharding, len(devices))
+        batch_size = _auto_batch_size(program, keys, flat_hp, inputs, sharding, len(devices))
     per_batch = min(batch_size or total, total)
     per_batch = math.ceil(per_batch / len(devices)) * len(devices)  # every device gets equal work
     compiled, compile_s, run_s, outputs, diverged = None, 0.0, 0.0, [], False
     for start in range(0, total, per_batch):
         idx = np.minimum(np.arange(start, start + per_batch), total - 1)  # pad with the last run
         args = (_global_array(np.asarray(keys[idx]), sharding),
-                {k: _global_array(v[idx], sharding) for k, v in flat_hp.items()})
+                {k: _global_array(v[idx], sharding) for k, v in flat_hp.items()}, inputs)
         if compiled is None:
             t0 = time.perf_counter()
             compiled = program.lower(*args).compile()

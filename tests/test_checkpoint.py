@@ -461,3 +461,16 @@ def test_resume_past_a_damaged_step_saves_that_step_again(tmp_path):
     (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("12.damaged-")]
     assert sorted(os.listdir(aside)) == damaged  # kept as it was
     assert Checkpointer(tmp_path).meta(12)["iterations_done"] == 12
+
+
+def test_resume_past_a_step_with_damaged_metadata(tmp_path):
+    """The newest step's metadata is unreadable: the resume checks and restores the newest step
+    whose metadata can be read (the old code failed with a KeyError before restoring)."""
+    config = load_config("ppo_cartpole", **SMALL["ppo_cartpole"])
+    with pytest.raises(Interrupted):
+        train_seeds(config, 1, chunk_size=4, checkpoint_dir=tmp_path, keep=3,
+                    on_chunk=lambda d, m, s: (_ for _ in ()).throw(Interrupted) if d > 12 else None)
+    shutil.rmtree(tmp_path / "12" / "meta")
+    with pytest.warns(UserWarning, match="unreadable metadata"):
+        resumed = train_seeds(config, 1, checkpoint_dir=tmp_path, keep=3, resume=True)
+    assert resumed.resumed_from == 8

@@ -5,7 +5,6 @@ the probe's kind is an env param (``env.kind``), vmapped."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,11 +17,13 @@ GAMMA = 0.9
 SETTINGS = dict(total_steps=12_288, num_envs=16, num_steps=4, updates_per_iteration=4, buffer_size=4096,
                 batch_size=64, learning_starts=256, hidden=[32, 32], actor_lr=3e-3, critic_lr=3e-3, tau=0.05,
                 gamma=GAMMA)
-VARIANTS = {  # algorithm module, config, options
-    "td3": (td3, "td3_pendulum", {}),
-    "ddpg": (td3, "ddpg_pendulum", {}),
-    "sac": (sac, "sac_pendulum", dict(autotune=False, alpha=0.01)),
-    "tqc": (sac, "tqc_pendulum", dict(autotune=False, alpha=0.01, num_critics=2, quantiles=5, drop_quantiles=1)),
+VARIANTS = {  # algorithm module, config, options (the probe's discrete or continuous twin)
+    "td3": (td3, "td3_pendulum", dict(env="probe/constant-continuous")),
+    "ddpg": (td3, "ddpg_pendulum", dict(env="probe/constant-continuous")),
+    "sac": (sac, "sac_pendulum", dict(env="probe/constant-continuous", autotune=False, alpha=0.01)),
+    "tqc": (sac, "tqc_pendulum", dict(env="probe/constant-continuous", autotune=False, alpha=0.01, num_critics=2,
+                                      quantiles=5, drop_quantiles=1)),
+    "sac-discrete": (sac, "sac_discrete_cartpole", dict(env="probe/constant", autotune=False, alpha=0.01)),
 }
 
 
@@ -38,9 +39,9 @@ def _values_and_actions(module, ctx, agent, obs):
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_continuous_actor_critic_solves_every_probe(variant):
+def test_actor_critic_solves_every_probe(variant):
     module, name, options = VARIANTS[variant]
-    config = jaxrl.load_config(name, env="probe/constant-continuous", **SETTINGS, **options)
+    config = jaxrl.load_config(name, **SETTINGS, **options)
     train, agent_on = on_every_probe(config)
     ctx = context(train)
     for i, kind in enumerate(probes.PROBES):
@@ -48,20 +49,7 @@ def test_continuous_actor_critic_solves_every_probe(variant):
         value, action = _values_and_actions(module, ctx, agent, obs)
         np.testing.assert_allclose(value, probes.optimal_value(kind, obs, GAMMA), atol=0.1, err_msg=kind)
         if kind in ("action", "obs-action"):
-            best = probes.optimal_action(kind, obs, True)
+            best = probes.optimal_action(kind, obs, not ctx.spec.discrete)
             np.testing.assert_allclose(action, best, atol=0.1, err_msg=kind)
-
-
-def test_discrete_sac_solves_every_probe():
-    config = jaxrl.load_config("sac_discrete_cartpole", env="probe/constant", autotune=False, alpha=0.01,
-                               **SETTINGS)
-    train, agent_on = on_every_probe(config)
-    ctx = context(train)
-    for i, kind in enumerate(probes.PROBES):
-        obs, agent = probe_obs(kind), agent_on(i)
-        value, action = _values_and_actions(sac, ctx, agent, obs)
-        np.testing.assert_allclose(value, probes.optimal_value(kind, obs, GAMMA), atol=0.1, err_msg=kind)
-        if kind in ("action", "obs-action"):
-            np.testing.assert_array_equal(action, probes.optimal_action(kind, obs, False), err_msg=kind)
-            pi = sac.actor_net(ctx).apply(agent.actor, obs)
-            assert (pi.probs.max(-1) > 0.9).all(), kind  # the policy has settled on it
+            if ctx.spec.discrete:  # the policy has settled on the best action
+                assert (module.actor_net(ctx).apply(agent.actor, obs).probs.max(-1) > 0.9).all(), kind
