@@ -8,10 +8,35 @@ and split, never the time axis.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+
+
+def permutation(key: jax.Array, n: int) -> jax.Array:
+    """A uniformly random permutation of ``range(n)`` (int32), about 2x cheaper than
+    ``jax.random.permutation`` on a CPU.
+
+    Each round sorts one array of 32-bit keys: random bits above, the position below (an
+    unstable single-array sort, which XLA's CPU runtime does ~4x faster than the key-value sort
+    ``jax.random.permutation`` needs), and reorders by it. Keys that tie in their random bits
+    keep their positions' order, so, as ``jax.random.permutation`` does, the rounds are repeated
+    until ties are negligible: ``ceil(3 ln n / ln 2**b)`` rounds for ``b`` random bits, the same
+    rule it uses for its 32 bits (2 rounds for n up to 2048, 3 up to 65536).
+    """
+    index_bits = max(1, (n - 1).bit_length())
+    random_bits = 32 - index_bits
+    if random_bits < 8:  # over 2**24 items: too few random bits per round
+        return jax.random.permutation(key, n)
+    rounds = max(1, math.ceil(3 * math.log(max(n, 2)) / (random_bits * math.log(2))))
+    positions = jnp.arange(n, dtype=jnp.uint32)
+    order = jnp.arange(n, dtype=jnp.int32)
+    for round_key in jax.random.split(key, rounds):
+        packed = (jax.random.bits(round_key, (n,), jnp.uint32) << index_bits) | positions
+        order = order[(jnp.sort(packed) & jnp.uint32((1 << index_bits) - 1)).astype(jnp.int32)]
+    return order
 
 
 def minibatches(key: jax.Array, data: Any, num_minibatches: int, sequences: bool = False) -> Any:
@@ -22,7 +47,7 @@ def minibatches(key: jax.Array, data: Any, num_minibatches: int, sequences: bool
     if size % num_minibatches:
         raise ValueError(f"{size} {'env streams' if sequences else 'items'} do not divide into "
                          f"{num_minibatches} minibatches")
-    perm = jax.random.permutation(key, size)
+    perm = permutation(key, size)
 
     def split(x: jax.Array) -> jax.Array:
         x = jnp.take(x, perm, axis=axis)
