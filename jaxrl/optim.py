@@ -77,13 +77,14 @@ class Optimizer:
         Returns the new params and state, and the metrics ``grad_norm`` (before clipping) and
         ``lr`` under this part's prefix.
         """
-        flat, unravel = ravel_pytree(params)
-        flat_grads = ravel_pytree(grads)[0]
+        flat_grads, unravel = ravel_pytree(grads)
         lr = self.learning_rate(ctx)
         clip = None if self.max_grad_norm is None else ctx.hp[self.max_grad_norm]
-        updates, state = self.transform(lr, clip).update(flat_grads, state, flat)
+        updates, state = self.transform(lr, clip).update(flat_grads, state)
         metrics = {"grad_norm": jnp.linalg.norm(flat_grads), "lr": lr}
-        return unravel(optax.apply_updates(flat, updates)), state, self.named(metrics)
+        # the updates go back to the params' shapes and are added leaf by leaf: raveling the
+        # params too would copy all of them into one vector every step
+        return optax.apply_updates(params, unravel(updates)), state, self.named(metrics)
 
     def named(self, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """``metrics`` with this part's prefix on every name."""
