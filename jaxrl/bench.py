@@ -129,7 +129,7 @@ def _out_of_memory(err: BaseException) -> bool:
 
 # --------------------------------------------------------------------------- benchmark
 def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
-              memory_limit: int | None = None, name: str | None = None,
+              memory_limit: int | None = None, name: str | None = None, baseline: bool = False,
               on_result: Callable[[Row], None] | None = None) -> dict[str, Any]:
     """Compile seconds and env steps/s of ``config`` for each seed count, ascending.
 
@@ -140,6 +140,10 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
     ``on_result(row)`` is called after each measured count (for progress output). A row's
     ``compile_cached`` is True when the program came from JAX's persistent compilation cache
     (then ``compile_seconds`` timed loading it, not compiling).
+    ``baseline``: each row also gets ``baseline`` (see :func:`_baseline`): the same program
+    with random actions and no learning (the env alone, through the same wrappers and vmaps),
+    and with the agent acting but not learning, so the time splits into env stepping, acting
+    and learning, and training throughput is a fraction of the env's.
     Returns one config's entry (see the module docstring) with :func:`metadata` merged in.
     """
     import jax
@@ -206,6 +210,8 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
             "final_return_mean": None if np.all(np.isnan(final)) else float(np.nanmean(final)),
             "memory_bytes": needed,
         }
+        if baseline:
+            row["baseline"] = _baseline(config, n, keys, run_seconds, repeats)
         results.append(row)
         if on_result is not None:
             on_result(row)
@@ -216,8 +222,38 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
     }
 
 
+def _baseline(config: Config, seeds: int, keys: Any, train_seconds: float, repeats: int) -> dict[str, Any]:
+    """How far training is from the hardware's limit: the fastest of ``repeats`` runs of the
+    ``phases="env"`` program (random actions, no learning) and of the ``phases="act"`` one (the
+    agent acts, no learning), as env steps/s and as a split of the training run's seconds:
+    ``env`` (the env-only run), ``acting`` (what acting adds) and ``learning`` (the rest)."""
+    import jax
+
+    from jaxrl.loop import make_train
+
+    steps = seeds * config.num_iterations * config.steps_per_iteration
+    seconds = {}
+    for phases in ("env", "act"):
+        train = make_train(config, phases=phases)
+        program = (jax.jit(train) if seeds == 1 else jax.jit(jax.vmap(train))).lower(keys).compile()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(program(keys))
+            times.append(time.perf_counter() - t0)
+        seconds[phases] = min(times)
+    env_s, act_s = seconds["env"], max(seconds["act"], seconds["env"])
+    return {
+        "env_steps_per_second": round(steps / env_s, 1),
+        "acting_env_steps_per_second": round(steps / seconds["act"], 1),
+        "fraction_of_env": round(env_s / train_seconds, 4),
+        "seconds": {"env": round(env_s, 6), "acting": round(act_s - env_s, 6),
+                    "learning": round(max(train_seconds - act_s, 0.0), 6)},
+    }
+
+
 def benchmark_all(configs: Mapping[str, Config], seed_counts: Sequence[int], repeats: int = 2, *,
-                  memory_limit: int | None = None,
+                  memory_limit: int | None = None, baseline: bool = False,
                   on_result: Callable[[str, Row], None] | None = None) -> dict[str, Any]:
     """:func:`benchmark` for each named config, one after the other, as one report.
 
@@ -227,7 +263,7 @@ def benchmark_all(configs: Mapping[str, Config], seed_counts: Sequence[int], rep
         raise ConfigError("no config to benchmark")
     entries = []
     for name, config in configs.items():
-        report = benchmark(config, seed_counts, repeats, memory_limit=memory_limit, name=name,
+        report = benchmark(config, seed_counts, repeats, memory_limit=memory_limit, name=name, baseline=baseline,
                            on_result=None if on_result is None else (lambda row, name=name: on_result(name, row)))
         entries.append(report)
     meta = metadata()

@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--json", default=None, metavar="PATH", help="write results here (default runs/bench-NAME-TIME.json)")
     b.add_argument("--plot", default=None, metavar="PNG",
                    help="also draw env steps/s and compile seconds against the seed count (log-x) as a PNG")
+    b.add_argument("--baseline", action="store_true",
+                   help="also time the env alone (random actions through the same wrappers and vmaps, no "
+                   "learning) and the rollouts with the agent acting but not learning: training throughput "
+                   "as a fraction of the env's, and the run's seconds split into env, acting and learning")
 
     e = sub.add_parser(
         "eval", help="evaluate the checkpoint of a training run folder",
@@ -481,6 +485,8 @@ def _bench(args: argparse.Namespace) -> int:
     from jaxrl.bench import benchmark_all, save_plot
 
     header = f"{'seeds':>6} {'compile s':>10} {'run s':>8} {'env steps/s':>14} {'final return':>13}"
+    if args.baseline:  # the env alone, then the run's seconds split into env / acting / learning
+        header += f" {'env alone/s':>14} {'of env':>8} {'env s':>7} {'act s':>7} {'learn s':>8}"
     current = None  # the config whose table is being printed
 
     def on_result(name: str, r: dict) -> None:
@@ -492,12 +498,18 @@ def _bench(args: argparse.Namespace) -> int:
                   f"{config.num_iterations * config.steps_per_iteration:,} env steps per seed\n{header}")
         final = r["final_return_mean"]
         compile_s = f"{r['compile_seconds']:.2f}" + ("*" if r["compile_cached"] else "")
-        print(f"{r['seeds']:>6} {compile_s:>10} {r['run_seconds']:>8.2f} "
-              f"{r['env_steps_per_second']:>14,.0f} {'nan' if final is None else f'{final:.2f}':>13}", flush=True)
+        line = (f"{r['seeds']:>6} {compile_s:>10} {r['run_seconds']:>8.2f} "
+                f"{r['env_steps_per_second']:>14,.0f} {'nan' if final is None else f'{final:.2f}':>13}")
+        if "baseline" in r:
+            b, split = r["baseline"], r["baseline"]["seconds"]
+            line += (f" {b['env_steps_per_second']:>14,.0f} {100 * b['fraction_of_env']:>7.1f}% "
+                     f"{split['env']:>7.2f} {split['acting']:>7.2f} {split['learning']:>8.2f}")
+        print(line, flush=True)
 
     print(f"seed counts: {','.join(map(str, counts))}", flush=True)
     limit = None if args.memory_limit is None else int(args.memory_limit * GIB)
-    report = benchmark_all(configs, counts, args.repeats, memory_limit=limit, on_result=on_result)
+    report = benchmark_all(configs, counts, args.repeats, memory_limit=limit, baseline=args.baseline,
+                           on_result=on_result)
     if any(r["compile_cached"] for e in report["benchmarks"] for r in e["results"]):
         print("* loaded from the persistent compilation cache (--no-compile-cache times compiling)")
     for entry in report["benchmarks"]:

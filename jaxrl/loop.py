@@ -132,7 +132,11 @@ def _broadcast(tree: Any, n: int) -> Any:
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), tree)
 
 
-def make_train(config: Config, data_parallel: parallel.DataParallel | None = None) -> types.FunctionType:
+PHASES = ("all", "act", "env")  # see make_train's ``phases``
+
+
+def make_train(config: Config, data_parallel: parallel.DataParallel | None = None, *,
+               phases: str = "all") -> types.FunctionType:
     """Build ``train(key, hparams=None, inputs=None) -> TrainOutput`` for ``config``.
 
     ``hparams`` maps traced hyperparameter names to (possibly batched) values; missing names
@@ -148,8 +152,18 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
     ``run_chunk`` then run under ``jax.shard_map`` (jit them as usual; vmapping over seeds still
     works). The state they return has the env side sharded over its env axis and the rest
     replicated; metrics are global and shaped as in a plain run.
+
+    ``phases`` builds a partial program for throughput measurements (:mod:`jaxrl.bench`):
+    ``"act"`` runs the rollouts with the agent acting but never learns (the agent stays as
+    initialised), ``"env"`` also replaces the agent's actions by uniformly random ones from the
+    action space, through the same wrappers and vmaps: the hardware's limit for this env and
+    ``num_envs``. Both keep every loop piece (episode statistics, normalisers, metrics).
     """
+    if phases not in PHASES:
+        raise ConfigError(f"phases must be one of {PHASES}, got {phases!r}")
     config.validate()
+    if phases != "all" and config.num_steps == 0:
+        raise ConfigError(f"phases={phases!r} measures rollouts; {config.algo} takes no env steps")
     if config.rounding_note():
         warnings.warn(config.rounding_note(), RoundingWarning, stacklevel=2)
     algo = algo_module(config.algo)
@@ -220,6 +234,9 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
         side, obs_stats, scaler, traj, episode_metrics = state.env, state.obs_stats, state.reward_scaler, None, {}
         if online:
             def act(carry: Any, obs: jax.Array, k: jax.Array):
+                if phases == "env":  # uniformly random actions, one key per env
+                    keys = jax.random.split(k, obs.shape[0])
+                    return jax.vmap(spec.action_space.sample)(keys), carry, {}
                 return algo.act(ctx, state.agent, carry, ctx.normalize(obs), k)
 
             initial = _broadcast(init_carry(ctx), n_local)
@@ -231,7 +248,10 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
                 traj = traj.replace(reward=scaled)
             episode_metrics = _episode_metrics(ctx, episodes)
 
-        agent, metrics = algo.learn(ctx, state.agent, traj, k_learn)
+        if phases == "all":
+            agent, metrics = algo.learn(ctx, state.agent, traj, k_learn)
+        else:  # a measurement without learning; the rewards are kept so the rollout is too
+            agent, metrics = state.agent, {"reward_sum": traj.reward.sum()}
         healthy = finite(agent, (obs_stats, scaler.stats), metrics)
         diverged_at = jnp.where((state.diverged_at < 0) & ~healthy, i, state.diverged_at)
         metrics = {"env_steps": ctx.env_steps + config.steps_per_iteration, **episode_metrics, **metrics}

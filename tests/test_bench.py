@@ -127,3 +127,44 @@ def test_bad_arguments():
         bench.benchmark(config, [1], memory_limit=0)
     with pytest.raises(ConfigError, match="no config"):
         bench.benchmark_all({}, [1])
+
+
+def test_baseline_splits_the_run_into_env_acting_and_learning():
+    """--baseline: the env alone is faster than training, and its split adds up to the run."""
+    out = bench.benchmark(tiny("ppo_cartpole"), [1, 2], repeats=1, baseline=True)
+    for row in out["results"]:
+        base = row["baseline"]
+        assert base["env_steps_per_second"] > row["env_steps_per_second"]
+        assert 0 < base["fraction_of_env"] < 1
+        split = base["seconds"]
+        assert min(split.values()) >= 0
+        assert sum(split.values()) == pytest.approx(row["run_seconds"], rel=0.05, abs=2e-3)
+
+
+def test_partial_programs_play_the_env_without_learning():
+    import jax
+    import numpy as np
+
+    from jaxrl.loop import make_train
+
+    config = tiny("ppo_cartpole").replace(total_steps=2048, num_envs=8)
+    init = make_train(config).init(jax.random.key(0))
+    for phases in ("env", "act"):
+        out = jax.jit(make_train(config, phases=phases))(jax.random.key(0))
+        same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), out.state.agent, init.agent)
+        assert all(jax.tree.leaves(same)), phases  # nothing learned
+        lengths = np.asarray(out.metrics["episode_length"])
+        assert np.nanmean(lengths) < 60  # short random-ish CartPole episodes were played
+    with pytest.raises(ConfigError, match="phases must be one of"):
+        make_train(config, phases="learn")
+
+
+def test_baseline_on_the_command_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "jaxrl.cli", "bench", "ppo_cartpole", "total_steps=256", "num_steps=16",
+                          "update_epochs=1", "num_minibatches=1", "hidden=[16]", "--seeds", "1", "--repeats", "1",
+                          "--baseline", "--json", str(tmp_path / "b.json"), "--no-compile-cache"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "env alone/s" in out.stdout and "learn s" in out.stdout
+    row = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert set(row["baseline"]["seconds"]) == {"env", "acting", "learning"}
