@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .core import Environment, Params, StepResult
 from .spaces import Box, Discrete, Space
@@ -163,4 +165,22 @@ def make_gymnax(env_id: str, **kwargs: Any) -> GymnaxEnv:
             f"Unknown keyword argument(s) {unknown} for {env_id}. Valid: EnvParams fields "
             f"{sorted(param_names)} and constructor arguments {sorted(init_names)}."
         )
+    for name, value in param_kwargs.items():
+        _check_param_value(env_id, name, value, getattr(env.default_params, name))
     return GymnaxEnv(env, env_id, param_kwargs)
+
+
+def _check_param_value(env_id: str, name: str, value: Any, default: Any) -> None:
+    """A clear error now for an ``EnvParams`` value of the wrong kind (``max_steps_in_episode="x"``
+    would otherwise fail deep inside the traced env step)."""
+    if np.ndim(default) != 0 or not isinstance(default, (numbers.Number, np.generic, jax.Array)):
+        return  # array or structured params: left to the env
+    dtype = np.asarray(default).dtype
+    if np.issubdtype(dtype, np.bool_):
+        ok, kind = isinstance(value, (bool, np.bool_)), "true or false"
+    elif np.issubdtype(dtype, np.integer):
+        ok, kind = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+    else:
+        ok, kind = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+    if not ok:
+        raise ValueError(f"{env_id}: {name}={value!r} must be {kind} (its default is {np.asarray(default).item()!r})")

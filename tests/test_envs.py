@@ -521,3 +521,13 @@ def test_probe_option_errors():
         make("probe/obs", constant_obs=1)
     with pytest.raises(ValueError, match="infinite-horizon"):
         probes.optimal_value("constant", jnp.zeros((1,)), 1.0, max_steps=5)
+
+
+@pytest.mark.parametrize("name, value, kind", [
+    ("max_steps_in_episode", "x", "an integer"), ("max_steps_in_episode", 2.5, "an integer"),
+    ("max_steps_in_episode", True, "an integer"), ("gravity", "strong", "a number"), ("gravity", None, "a number"),
+])
+def test_env_param_of_the_wrong_kind_is_refused_when_the_env_is_made(name, value, kind):
+    with pytest.raises(ValueError, match=f"CartPole-v1: {name}=.* must be {kind}"):
+        envs.make("CartPole-v1", **{name: value})
+    envs.make("CartPole-v1", max_steps_in_episode=200, gravity=9)  # an int where a float is expected is fine
