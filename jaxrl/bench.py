@@ -149,8 +149,11 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
     import jax
     import numpy as np
 
+    from jax.sharding import NamedSharding, PartitionSpec
+
     from jaxrl.compile_cache import counting
     from jaxrl.loop import make_train, seed_keys
+    from jaxrl.parallel import seed_mesh
     from jaxrl.metrics import final_return
     from jaxrl.sweeps import free_memory
 
@@ -167,10 +170,13 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
     results: list[Row] = []
     stopped = None
     for n in counts:
+        mesh = seed_mesh(n)  # several devices (e.g. one per CPU core): each runs a share of the seeds
         if n == 1:
             fn, keys = jax.jit(train), jax.random.key(config.seed)
         else:
             fn, keys = jax.jit(jax.vmap(train)), seed_keys(config.seed, n)
+            if mesh is not None:
+                keys = jax.device_put(keys, NamedSharding(mesh, PartitionSpec("seeds")))
         try:
             t0 = time.perf_counter()
             with counting() as cache:
@@ -209,6 +215,7 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
             "env_steps_per_second": round(n * steps_per_seed / run_seconds, 1),
             "final_return_mean": None if np.all(np.isnan(final)) else float(np.nanmean(final)),
             "memory_bytes": needed,
+            "devices": 1 if mesh is None or n == 1 else mesh.size,
         }
         if baseline:
             row["baseline"] = _baseline(config, n, keys, run_seconds, repeats)

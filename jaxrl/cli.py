@@ -176,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         target = args.configs if args.command == "bench" else args.overrides
         target.append(f"env={json.dumps(args.env)}")  # quoted: YAML reads it back as this string
     warnings.simplefilter("ignore", RoundingWarning)  # printed as a note below instead
+    if args.command in ("sweep", "bench"):  # seeds side by side, one share per CPU core
+        from jaxrl.parallel import use_cpu_cores
+
+        use_cpu_cores()
     try:
         if args.command == "list":
             return _list()
@@ -506,7 +510,11 @@ def _bench(args: argparse.Namespace) -> int:
                      f"{split['env']:>7.2f} {split['acting']:>7.2f} {split['learning']:>8.2f}")
         print(line, flush=True)
 
-    print(f"seed counts: {','.join(map(str, counts))}", flush=True)
+    import jax
+
+    devices = jax.devices()
+    print(f"seed counts: {','.join(map(str, counts))}; {len(devices)} {devices[0].platform} device(s), a count of "
+          "seeds is split over as many of them as divide it (JAXRL_CPU_DEVICES=1: one CPU device)", flush=True)
     limit = None if args.memory_limit is None else int(args.memory_limit * GIB)
     report = benchmark_all(configs, counts, args.repeats, memory_limit=limit, baseline=args.baseline,
                            on_result=on_result)

@@ -15,6 +15,7 @@ and the contents of replay buffers (each device keeps the transitions its own en
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,3 +86,41 @@ def local_key(key: jax.Array, axis: str | None) -> jax.Array:
     if axis is None or jax.lax.axis_size(axis) == 1:
         return key
     return jax.random.fold_in(key, jax.lax.axis_index(axis))
+
+
+def use_cpu_cores(count: int | None = None) -> int:
+    """Give JAX one CPU device per core (``count``, default: the cores this process may run on),
+    so that the seeds of a sweep or a benchmark run side by side, one share per core.
+
+    JAX's CPU backend is one device, and XLA runs the small matrix products of RL networks on
+    one thread: a 16-seed program keeps one core busy however many there are. Split over
+    devices (:func:`seed_mesh`), each core runs its share of the seeds. Like
+    ``jax_num_cpu_devices`` itself, this must come before JAX's first computation. Returns the
+    count set, or 0 where it changed nothing: JAX already running, a count already configured
+    (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``jax_num_cpu_devices``), or
+    ``JAXRL_CPU_DEVICES`` set (its value, if > 1, is used as the count). Other platforms' devices
+    (a GPU, a TPU) are unaffected.
+    """
+    configured = os.environ.get("JAXRL_CPU_DEVICES")
+    if configured is not None:
+        count = int(configured)
+        if count <= 1:
+            return 0
+    elif count is None:
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if (count <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+            or jax.config.jax_num_cpu_devices > 0):
+        return 0
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX has already started its backends
+        return 0
+    return count
+
+
+def seed_mesh(num_seeds: int, devices: Sequence[jax.Device] | None = None) -> Mesh | None:
+    """A 1-D mesh (axis ``"seeds"``) of as many of ``devices`` (default: ``jax.devices()``) as
+    divide ``num_seeds`` evenly, to shard a vmapped batch of seeds over; None for one device."""
+    devices = list(devices or jax.devices())
+    count = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
+    return None if count == 1 else Mesh(np.array(devices[:count]), ("seeds",))

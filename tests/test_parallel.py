@@ -218,3 +218,25 @@ def test_cli_rejects_bad_data_parallel(tmp_path, capsys):
     assert jaxrl.cli.main(["train", "ppo_cartpole", "--data-parallel", "64", "--out", str(tmp_path)]) == 2
     assert "data_parallel=64 devices requested" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_use_cpu_cores_gives_one_device_per_core_before_jax_starts():
+    script = (
+        "import jax\n"
+        "from jaxrl.parallel import use_cpu_cores, seed_mesh\n"
+        "assert use_cpu_cores(3) == 3\n"
+        "assert [d.platform for d in jax.devices()] == ['cpu'] * 3\n"
+        "assert use_cpu_cores(2) == 0  # JAX is running: left alone\n"
+        "assert seed_mesh(6).size == 3 and seed_mesh(4).size == 2 and seed_mesh(5) is None\n"
+        "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXRL_CPU_DEVICES")}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+    # a count the user configured wins; JAXRL_CPU_DEVICES=1 turns it off
+    for extra in ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, {"JAXRL_CPU_DEVICES": "1"}):
+        check = "import jax\nfrom jaxrl.parallel import use_cpu_cores\nprint(use_cpu_cores(3), jax.device_count())\n"
+        out = subprocess.run([sys.executable, "-c", check], env={**env, **extra}, capture_output=True, text=True,
+                             timeout=300)
+        expected = "0 2" if "XLA_FLAGS" in extra else "0 1"
+        assert out.stdout.strip() == expected, (extra, out.stdout, out.stderr)
