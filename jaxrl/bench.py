@@ -148,13 +148,12 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
     """
     import jax
     import numpy as np
-
     from jax.sharding import NamedSharding, PartitionSpec
 
     from jaxrl.compile_cache import counting
     from jaxrl.loop import make_train, seed_keys
-    from jaxrl.parallel import seed_mesh
     from jaxrl.metrics import final_return
+    from jaxrl.parallel import seed_mesh
     from jaxrl.sweeps import free_memory
 
     counts = sorted(set(int(n) for n in seed_counts))
@@ -215,7 +214,7 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
             "env_steps_per_second": round(n * steps_per_seed / run_seconds, 1),
             "final_return_mean": None if np.all(np.isnan(final)) else float(np.nanmean(final)),
             "memory_bytes": needed,
-            "devices": 1 if mesh is None or n == 1 else mesh.size,
+            "devices": 1 if mesh is None else mesh.size,
         }
         if baseline:
             row["baseline"] = _baseline(config, n, keys, run_seconds, repeats)
