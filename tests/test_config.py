@@ -206,3 +206,9 @@ def test_sweep_values_are_checked_before_compiling(grid, message):
         jaxrl.sweep(config, samples=[0.1, 0.2])
     with pytest.raises(ConfigError, match="seeds must be a positive integer"):
         jaxrl.sweep(config, seeds=True, grid={"lr": [1e-3]})
+
+
+def test_a_target_network_that_would_never_update_is_refused():
+    jaxrl.load_config("dqn_cartpole", total_steps=20_000, learning_starts=10_000, target_update_interval=1001)  # 1001 updates
+    with pytest.raises(ConfigError, match="target_update_interval=1002 is more than the 1001 gradient steps"):
+        jaxrl.load_config("dqn_cartpole", total_steps=20_000, learning_starts=10_000, target_update_interval=1002)

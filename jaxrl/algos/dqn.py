@@ -48,6 +48,11 @@ class Config(replay.Config):
         super().validate()
         cfg.require(self.target_update_interval >= 1,
                     f"target_update_interval must be >= 1, got {self.target_update_interval}")
+        warmup = -(-self.learning_starts // self.steps_per_iteration) - 1  # iterations before the first update
+        updates = (self.num_iterations - warmup) * self.updates_per_iteration
+        cfg.require(self.target_update_interval <= updates,
+                    f"target_update_interval={self.target_update_interval} is more than the {updates} gradient steps "
+                    "the run takes: the target network would never be updated")
         cfg.require(self.total_steps <= cfg.INT32_MAX,  # the epsilon schedule uses it in the compiled program
                     f"total_steps={self.total_steps} is more than dqn supports ({cfg.INT32_MAX}, int32)")
         cfg.require(self.lr > 0, f"lr must be > 0, got {self.lr}")
