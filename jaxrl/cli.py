@@ -373,11 +373,18 @@ def _train(args: argparse.Namespace, config) -> int:
         "diverged_at": diverged,  # per seed: first iteration with a NaN/inf learner state, or null
         "stopped_on_divergence": run.stopped, "last_finite_checkpoint": last_finite,
     }
+    evaluated = M.latest(run.metrics["eval_return"]) if "eval_return" in run.metrics else None
+    if evaluated is not None:  # per seed: the mean return of the latest in-loop evaluation
+        summary["eval_return"] = [None if np.isnan(x) else float(x) for x in evaluated]
+        summary["eval_return_mean"] = None if np.all(np.isnan(evaluated)) else float(np.nanmean(evaluated))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nfinal return per seed (mean of its last {M.FINAL_EPISODES} finished episodes):")
     for seed, value, d in zip(summary["seed_values"], final, diverged):
         print(f"  seed {seed:>4}: {value:9.2f}" + (f"   DIVERGED at iteration {d}" if d is not None else ""))
     print(f"mean ± std: {np.nanmean(final):.2f} ± {np.nanstd(final):.2f}")
+    if evaluated is not None and not np.all(np.isnan(evaluated)):
+        print(f"latest evaluation ({config.eval_episodes} episodes per seed): mean ± std "
+              f"{np.nanmean(evaluated):.2f} ± {np.nanstd(evaluated):.2f}")
     cached = f" ({run.compile_note})" if run.cache_hits else ""
     print(f"compile {run.compile_seconds:.1f} s{cached}, run {run.run_seconds:.1f} s, "
           f"{run.steps_per_second:,.0f} env steps/s ({args.seeds} seed(s) together)")

@@ -24,6 +24,18 @@ def test_train_writes_run_folder(tmp_path, capsys):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["seeds"] == 2 and len(summary["final_return"]) == 2
     assert summary["env_steps_per_second"] > 0 and summary["compile_seconds"] > 0
+    assert "eval_return" not in summary  # no in-loop evaluation in this config
+
+
+def test_train_summary_gives_the_latest_evaluation(tmp_path, capsys):
+    assert main(["train", "ppo_cartpole", "total_steps=4096", "eval_every=4", "eval_episodes=3", "--seeds", "2",
+                 "--out", str(tmp_path), "--quiet"]) == 0
+    assert "latest evaluation (3 episodes per seed)" in capsys.readouterr().out
+    (run_dir,) = tmp_path.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["eval_return"] == rows[-1]["eval_return"]  # iterations 4 and 8 evaluate: the last is latest
+    assert summary["eval_return_mean"] == sum(summary["eval_return"]) / 2
 
 
 TINY_BENCH = ["total_steps=400", "num_steps=16", "update_epochs=1", "num_minibatches=1", "learning_starts=200",
