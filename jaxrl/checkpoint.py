@@ -410,8 +410,12 @@ class Checkpointer:
     def save(self, state: Any, metrics: dict[str, np.ndarray], *, config: dict[str, Any],
              num_seeds: int, chunk_size: int, hparams: dict[str, Any] | None = None,
              run_seconds: float = 0.0, devices: int = 1,
-             diverged: Sequence[int | None] | None = None, inputs: dict | None = None) -> int:
+             diverged: Sequence[int | None] | None = None, inputs: dict | None = None,
+             seed_devices: int = 1) -> int:
         """Save at step ``iterations_done`` (= the metrics' second axis); returns that step.
+
+        ``devices``: how many devices each seed's envs were split over (data parallel);
+        ``seed_devices``: how many devices the seeds were split over.
 
         ``inputs``: a JSON description of the run's ``inputs`` (which are not saved), kept in
         ``meta`` so that a resume can check it has the same ones.
@@ -432,6 +436,7 @@ class Checkpointer:
             "format": FORMAT,
             "iterations_done": step, "num_seeds": int(num_seeds), "chunk_size": int(chunk_size),
             "config": config, "run_seconds": float(run_seconds), "devices": int(devices),
+            "seed_devices": int(seed_devices),
             "hparams": None if hparams is None else {k: np.asarray(v).tolist() for k, v in hparams.items()},
             "score": None if math.isnan(s) else s,
             "diverged": diverged, "inputs": inputs,

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         target = args.configs if args.command == "bench" else args.overrides
         target.append(f"env={json.dumps(args.env)}")  # quoted: YAML reads it back as this string
     warnings.simplefilter("ignore", RoundingWarning)  # printed as a note below instead
-    if args.command in ("sweep", "bench"):  # seeds side by side, one share per CPU core
+    if args.command in ("train", "sweep", "bench"):  # seeds side by side, one share per CPU core
         from jaxrl.parallel import use_cpu_cores
 
         use_cpu_cores()

@@ -118,9 +118,14 @@ def use_cpu_cores(count: int | None = None) -> int:
     return count
 
 
-def seed_mesh(num_seeds: int, devices: Sequence[jax.Device] | None = None) -> Mesh | None:
-    """A 1-D mesh (axis ``"seeds"``) of as many of ``devices`` (default: ``jax.devices()``) as
-    divide ``num_seeds`` evenly, to shard a vmapped batch of seeds over; None for one device."""
+def seed_mesh(num_seeds: int, devices: Sequence[jax.Device] | None = None, count: int | None = None) -> Mesh | None:
+    """A 1-D mesh (axis ``"seeds"``) to shard a vmapped batch of seeds over: the first ``count``
+    of ``devices`` (default: ``jax.devices()``; default count: as many as divide ``num_seeds``
+    evenly); None for one device."""
     devices = list(devices or jax.devices())
-    count = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
+    if count is None:
+        count = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
+    elif count > len(devices) or num_seeds % count:
+        raise ConfigError(f"cannot split {num_seeds} seeds over {count} devices ({len(devices)} available; "
+                          "on a CPU, JAXRL_CPU_DEVICES sets how many the command line creates)")
     return None if count == 1 else Mesh(np.array(devices[:count]), ("seeds",))

@@ -23,13 +23,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxrl import metrics as M
 from jaxrl.compile_cache import counting, describe
 from jaxrl.config import Config
 from jaxrl.config import ON_DIVERGENCE
 from jaxrl.loop import DivergenceWarning, TrainState, divergence_note, make_train, seed_keys
-from jaxrl.parallel import DataParallel
+from jaxrl.parallel import DataParallel, seed_mesh
 
 
 @dataclasses.dataclass
@@ -174,6 +175,10 @@ def train_seeds(
 
     ``data_parallel`` (a device count, devices or a mesh) splits every seed's envs over those
     devices (see :mod:`jaxrl.parallel`); a run resumes only on as many devices as it was saved from.
+    Without it, the seeds are split over as many devices as divide them (``seed_mesh``; on a CPU
+    see :func:`jaxrl.parallel.use_cpu_cores`), each running its share side by side; a resumed
+    run keeps the split it was saved with (per-seed results can differ in the last bits
+    between splits, so resuming stays bit-identical).
 
     Divergence (a NaN or infinity in a seed's learner, detected inside the compiled program, see
     ``TrainState.diverged_at``) is checked after every chunk. ``on_divergence="stop"`` ends the
@@ -198,6 +203,7 @@ def train_seeds(
     devices = 1 if train.mesh is None else train.mesh.size
     n_iters = train.num_iterations
     keys = seed_keys(config.seed, num_seeds)
+    split = None  # how many devices the seeds are split over: from the checkpoint when resuming
 
     restored = None
     fingerprint = inputs_fingerprint(inputs) if checkpoint_dir is not None else None
@@ -210,6 +216,11 @@ def train_seeds(
         newest = ckpt.latest_readable_meta() if resume else None
         if newest is not None:
             _check_resumable(newest, config, num_seeds, hparams, devices, fingerprint)  # before any restoring
+            split = newest.get("seed_devices", 1)
+        mesh = None if train.mesh is not None else seed_mesh(num_seeds, count=split)
+        if mesh is not None:
+            keys = jax.device_put(keys, NamedSharding(mesh, PartitionSpec("seeds")))
+        if newest is not None:
             abstract = jax.eval_shape(jax.vmap(train.init, in_axes=(0, None, None)), keys, hparams, inputs)
             restored = ckpt.restore(abstract)
             _check_resumable(restored.meta, config, num_seeds, hparams, devices, fingerprint)
@@ -221,16 +232,24 @@ def train_seeds(
 
         start = time.perf_counter()
         with counting() as cache:
-            init = jax.jit(jax.vmap(train.init, in_axes=(0, None, None))).lower(keys, hparams, inputs).compile()
+            init_shardings = chunk_shardings = {}
+            if mesh is not None:  # seeds split over devices: every leaf of the state and the metrics
+                # keeps its seed axis sharded, chunk after chunk (left to XLA, one could come back replicated)
+                seeded, shared = NamedSharding(mesh, PartitionSpec("seeds")), NamedSharding(mesh, PartitionSpec())
+                init_shardings = dict(in_shardings=(seeded, shared, shared), out_shardings=seeded)
+                chunk_shardings = dict(in_shardings=(seeded, shared, shared, shared), out_shardings=(seeded, seeded))
+            init = jax.jit(jax.vmap(train.init, in_axes=(0, None, None)), **init_shardings)
+            init = init.lower(keys, hparams, inputs).compile()
             # a restored state goes where a fresh one would be (data parallel: sharded over the mesh)
             state = (init(keys, hparams, inputs) if restored is None
                      else jax.device_put(restored.state, init.output_shardings))
             run_chunk = functools.partial(train.run_chunk, length=chunk_size)
-            chunk = jax.jit(jax.vmap(run_chunk, in_axes=(0, None, None, None)))
+            chunk = jax.jit(jax.vmap(run_chunk, in_axes=(0, None, None, None)), **chunk_shardings)
             chunk = chunk.lower(state, hparams, jnp.int32(0), inputs).compile()
             jax.block_until_ready(state)
         compile_seconds = time.perf_counter() - start
 
+        seed_devices = 1 if mesh is None else mesh.size
         pieces: list[dict[str, np.ndarray]] = []
         run_seconds = checkpoint_seconds = 0.0
         done = 0
@@ -291,13 +310,13 @@ def train_seeds(
                 # saved in the background: the host copy and the wait for the previous save count here
                 with checkpoint_time():
                     _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices,
-                          diverged_at, fingerprint)
+                          diverged_at, fingerprint, seed_devices)
                 saved = done
             if stopped:
                 break
         if ckpt is not None and saved != done:  # e.g. resumed from a checkpoint of a finished run
             _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices, diverged_at,
-                  fingerprint)
+                  fingerprint, seed_devices)
         last_finite = None
         if ckpt is not None:
             with checkpoint_time():
@@ -324,9 +343,9 @@ def _merge(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _save(ckpt, state, pieces, config, num_seeds, chunk_size, hparams, run_seconds, devices,
-          diverged_at: np.ndarray, fingerprint: dict | None) -> None:
+          diverged_at: np.ndarray, fingerprint: dict | None, seed_devices: int) -> None:
     ckpt.save(state, _merge(pieces), config=config.to_dict(), num_seeds=num_seeds, chunk_size=chunk_size,
-              hparams=hparams, run_seconds=run_seconds, devices=devices,
+              hparams=hparams, run_seconds=run_seconds, devices=devices, seed_devices=seed_devices,
               diverged=[None if d < 0 else int(d) for d in diverged_at], inputs=fingerprint)
 
 

@@ -240,3 +240,54 @@ def test_use_cpu_cores_gives_one_device_per_core_before_jax_starts():
                              timeout=300)
         expected = "0 2" if "XLA_FLAGS" in extra else "0 1"
         assert out.stdout.strip() == expected, (extra, out.stdout, out.stderr)
+
+
+def test_train_seeds_split_over_devices_resumes_with_its_split(tmp_path):
+    """4 seeds over 2 CPU devices: the checkpoint records the split, a resumed run continues
+    bit-identically with it, and a process without enough devices is told so."""
+    script = f"""
+import jax
+from jaxrl.parallel import use_cpu_cores
+use_cpu_cores(2)
+import numpy as np
+import jaxrl
+from jaxrl.checkpoint import Checkpointer
+from jaxrl.runner import train_seeds
+
+class Interrupted(Exception):
+    pass
+
+def stop(done, metrics, seconds):
+    if done > 8:
+        raise Interrupted
+
+config = jaxrl.load_config("ppo_cartpole", total_steps=4096, num_steps=16, update_epochs=1, hidden=[16])
+whole = train_seeds(config, 4, chunk_size=4)
+assert whole.state.iteration.sharding.mesh.size == 2
+try:
+    train_seeds(config, 4, chunk_size=4, on_chunk=stop, checkpoint_dir="{tmp_path}")
+except Interrupted:
+    pass
+assert Checkpointer("{tmp_path}").meta()["seed_devices"] == 2
+resumed = train_seeds(config, 4, checkpoint_dir="{tmp_path}", resume=True)
+assert resumed.resumed_from == 8
+for k in whole.metrics:
+    np.testing.assert_array_equal(whole.metrics[k], resumed.metrics[k], err_msg=k)
+print("resumed")
+"""
+    refuse = f"""
+import jaxrl
+from jaxrl.config import ConfigError
+from jaxrl.runner import train_seeds
+config = jaxrl.load_config("ppo_cartpole", total_steps=4096, num_steps=16, update_epochs=1, hidden=[16])
+try:
+    train_seeds(config, 4, checkpoint_dir="{tmp_path}", resume=True)
+except ConfigError as err:
+    print("refused:", err)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXRL_CPU_DEVICES")}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "resumed" in out.stdout, out.stderr[-3000:]
+    out = subprocess.run([sys.executable, "-c", refuse], env=env, capture_output=True, text=True, timeout=600)
+    assert "refused: cannot split 4 seeds over 2 devices (1 available" in out.stdout, out.stderr[-3000:]
