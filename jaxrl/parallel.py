@@ -90,7 +90,7 @@ def local_key(key: jax.Array, axis: str | None) -> jax.Array:
 
 def use_cpu_cores(count: int | None = None) -> int:
     """Give JAX one CPU device per core (``count``, default: the cores this process may run on),
-    so that the seeds of a sweep or a benchmark run side by side, one share per core.
+    so that the seeds of a run, a sweep or a benchmark run side by side, one share per core.
 
     JAX's CPU backend is one device, and XLA runs the small matrix products of RL networks on
     one thread: a 16-seed program keeps one core busy however many there are. Split over
@@ -98,8 +98,8 @@ def use_cpu_cores(count: int | None = None) -> int:
     ``jax_num_cpu_devices`` itself, this must come before JAX's first computation. Returns the
     count set, or 0 where it changed nothing: JAX already running, a count already configured
     (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``jax_num_cpu_devices``), or
-    ``JAXRL_CPU_DEVICES`` set (its value, if > 1, is used as the count). Other platforms' devices
-    (a GPU, a TPU) are unaffected.
+    ``JAXRL_CPU_DEVICES=1``. ``JAXRL_CPU_DEVICES=N`` (N > 1) overrides ``count``. Other
+    platforms' devices (a GPU, a TPU) are unaffected.
     """
     configured = os.environ.get("JAXRL_CPU_DEVICES")
     if configured is not None:
