@@ -190,12 +190,7 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
                            "compile_seconds": round(compile_seconds, 3),
                            "message": f"needs {needed / GIB:.3g} GiB, {available / GIB:.3g} GiB {limit}"}
                 break
-            times = []
-            for _ in range(repeats):
-                out = None  # the previous run's outputs go before the next run allocates its own
-                t0 = time.perf_counter()
-                out = jax.block_until_ready(compiled(keys))
-                times.append(time.perf_counter() - t0)
+            times, out = _timed_runs(compiled, keys, repeats)
         except Exception as err:  # noqa: BLE001 - only running out of memory ends a curve
             if not _out_of_memory(err):
                 raise
@@ -228,6 +223,20 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
     }
 
 
+def _timed_runs(program: Any, keys: Any, repeats: int) -> tuple[list[float], Any]:
+    """Seconds of each of ``repeats`` runs of a compiled ``program`` (each up to
+    ``block_until_ready``), and the last run's outputs."""
+    import jax
+
+    times, out = [], None
+    for _ in range(repeats):
+        out = None  # the previous run's outputs go before the next run allocates its own
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(program(keys))
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
 def _baseline(config: Config, seeds: int, keys: Any, train_seconds: float, repeats: int) -> dict[str, Any]:
     """How far training is from the hardware's limit: the fastest of ``repeats`` runs of the
     ``phases="env"`` program (random actions, no learning) and of the ``phases="act"`` one (the
@@ -242,12 +251,7 @@ def _baseline(config: Config, seeds: int, keys: Any, train_seconds: float, repea
     for phases in ("env", "act"):
         train = make_train(config, phases=phases)
         program = (jax.jit(train) if seeds == 1 else jax.jit(jax.vmap(train))).lower(keys).compile()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(program(keys))
-            times.append(time.perf_counter() - t0)
-        seconds[phases] = min(times)
+        seconds[phases] = min(_timed_runs(program, keys, repeats)[0])
     env_s, act_s = seconds["env"], max(seconds["act"], seconds["env"])
     return {
         "env_steps_per_second": round(steps / env_s, 1),
