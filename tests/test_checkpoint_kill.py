@@ -20,6 +20,7 @@ from jaxrl.checkpoint import Checkpointer
 from jaxrl.runs import abstract_state, load_policy
 
 SMALL = ["total_steps=6144", "num_steps=64", "update_epochs=1"]  # 24 iterations of 256 steps
+LONG = ["total_steps=49152", "num_steps=64", "update_epochs=1"]  # 192: still running when Ctrl-C lands
 TMP_MARK = ".orbax-checkpoint-tmp"
 
 
@@ -40,9 +41,9 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "jaxrl.cli", "train", *args]
 
 
-def _start_saving_every_chunk(out: Path, cache_dir: Path, log: Path) -> subprocess.Popen:
+def _start_saving_every_chunk(out: Path, cache_dir: Path, log: Path, budget: list[str] = SMALL) -> subprocess.Popen:
     """A run that saves after every one-iteration chunk, so a save is almost always in flight."""
-    args = ["ppo_cartpole", *SMALL, "--chunk-size", "1", "--checkpoint-seconds", "0", "--out", str(out)]
+    args = ["ppo_cartpole", *budget, "--chunk-size", "1", "--checkpoint-seconds", "0", "--out", str(out)]
     return subprocess.Popen(_command(*args), env=_env(cache_dir), stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
 
@@ -107,13 +108,15 @@ def test_sigkill_during_a_save_then_resume_is_bit_identical(tmp_path, cache_dir)
 
 def test_ctrl_c_finishes_the_save_in_flight_and_exits(tmp_path, cache_dir):
     out, log = tmp_path / "out", tmp_path / "run.log"
-    proc = _start_saving_every_chunk(out, cache_dir, log)
+    # A longer run than SMALL's: on a loaded machine the poll below can first see a save in flight
+    # near the end, and the run must not finish before the signal lands.
+    proc = _start_saving_every_chunk(out, cache_dir, log, LONG)
     ckpt_dir = _wait_for_save_in_flight(proc, out, log)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
+    assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
     assert "interrupted; continue with: jaxrl train --resume" in log.read_text()
     names = os.listdir(ckpt_dir)
     assert not any(TMP_MARK in n for n in names), names  # finished, not abandoned
-    config = load_config("ppo_cartpole", **dict(a.split("=") for a in SMALL))
+    config = load_config("ppo_cartpole", **dict(a.split("=") for a in LONG))
     newest = max(int(n) for n in names if n.isdigit())
     assert Checkpointer(ckpt_dir, read_only=True).restore(abstract_state(config, 1)).step == newest
