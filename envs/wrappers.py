@@ -3,11 +3,12 @@
 Each wrapper holds the wrapped environment in `self.env` and delegates what it does not change.
 Wrappers that need memory keep it in a flax dataclass that wraps the inner state, so the whole
 stack stays one pytree. The training stack is `EpisodeStats(AutoReset(env))`
-(`wrap_for_training`).
+(`wrap_for_training`), with `RandomizeParams` inside the auto-reset for domain randomization.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -165,6 +166,84 @@ class TimeLimit(Wrapper):
         return obs, TimeLimitState(env_state, steps), reward, terminated, truncated, info
 
 
+@struct.dataclass
+class RandomizedState:
+    env_state: Any
+    params: Any  # the params this episode was drawn with
+
+
+class RandomizeParams(Wrapper):
+    """Domain randomization: every episode runs with numeric env params drawn anew.
+
+    `ranges` maps a scalar numeric field of the env's params to `(low, high)`; `reset` draws
+    each uniformly from its range (integer fields: an integer in `[low, high]`), keeps the drawn
+    params in the state, and every `step` of the episode uses them (the `params` passed to `step`
+    only supply the fields not randomized). Under `AutoReset` each new episode draws again, and
+    under `vmap` each env draws its own. Observation and action spaces are those of the nominal
+    params: randomize only fields the spaces do not depend on.
+    """
+
+    def __init__(self, env: Environment, ranges: dict[str, Any], params: Params):
+        super().__init__(env)
+        fields = {k: v.dtype for k, v in numeric_params(params).items()}
+        if not ranges:
+            raise ValueError("RandomizeParams needs at least one field to randomize")
+        checked = {}
+        for name, bounds in ranges.items():
+            if name not in fields:
+                raise ValueError(f"{env.name}: no numeric param {name!r} to randomize; its numeric params: "
+                                 f"{sorted(fields) or 'none'}")
+            if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
+                    or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
+                raise ValueError(f"randomized param {name!r} needs a range [low, high] of two numbers, got {bounds!r}")
+            low, high = bounds
+            if not (jnp.isfinite(low) and jnp.isfinite(high) and low <= high):
+                raise ValueError(f"randomized param {name!r}: need finite low <= high, got [{low}, {high}]")
+            if jnp.issubdtype(fields[name], jnp.integer) and (low != int(low) or high != int(high)):
+                raise ValueError(f"randomized param {name!r} is an integer; its range needs integers, got {bounds!r}")
+            checked[name] = (low, high, fields[name])
+        self.ranges = checked
+
+    def draw(self, key: jax.Array, params: Params) -> Params:
+        """`params` with every randomized field drawn from its range."""
+        keys = jax.random.split(key, len(self.ranges))
+        drawn = {}
+        for k, (name, (low, high, dtype)) in zip(keys, self.ranges.items()):
+            if jnp.issubdtype(dtype, jnp.integer):
+                drawn[name] = jax.random.randint(k, (), int(low), int(high) + 1, dtype)
+            else:
+                drawn[name] = jax.random.uniform(k, (), dtype, low, high)
+        return params.replace(**drawn)
+
+    def reset(self, key: jax.Array, params: Params) -> tuple[jax.Array, RandomizedState]:
+        key_draw, key_reset = jax.random.split(key)
+        params = self.draw(key_draw, params)
+        obs, env_state = self.env.reset(key_reset, params)
+        return obs, RandomizedState(env_state, params)
+
+    def step(
+        self, key: jax.Array, state: RandomizedState, action: jax.Array, params: Params
+    ) -> StepResult:
+        obs, env_state, reward, terminated, truncated, info = self.env.step(
+            key, state.env_state, action, state.params
+        )
+        return obs, RandomizedState(env_state, state.params), reward, terminated, truncated, info
+
+
+def numeric_params(params: Params) -> dict[str, jax.Array]:
+    """The scalar numeric (not boolean) fields of a dataclass of env params, as arrays: the
+    params a sweep can vary and `RandomizeParams` can draw."""
+    if not dataclasses.is_dataclass(params):
+        return {}
+    values = {}
+    for field in dataclasses.fields(params):
+        value = getattr(params, field.name)
+        numeric = isinstance(value, (int, float)) or (hasattr(value, "shape") and jnp.ndim(value) == 0)
+        if numeric and not jnp.issubdtype(jnp.asarray(value).dtype, jnp.bool_):
+            values[field.name] = jnp.asarray(value)
+    return values
+
+
 class FlattenObservation(Wrapper):
     """Reshapes observations to 1-D (e.g. MinAtar images for an MLP)."""
 
@@ -239,6 +318,11 @@ class RescaleAction(Wrapper):
         return self.env.step(key, state, inner_action.astype(inner.dtype), params)
 
 
-def wrap_for_training(env: Environment) -> Environment:
-    """The standard training stack: auto-reset with episode statistics on top."""
+def wrap_for_training(env: Environment, randomize: dict[str, Any] | None = None,
+                      params: Params | None = None) -> Environment:
+    """The standard training stack: auto-reset with episode statistics on top; with `randomize`
+    (field -> `(low, high)` of `params`), every episode's params are drawn anew
+    (:class:`RandomizeParams`, inside the auto-reset)."""
+    if randomize:
+        env = RandomizeParams(env, randomize, env.default_params if params is None else params)
     return EpisodeStats(AutoReset(env))

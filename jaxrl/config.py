@@ -52,6 +52,8 @@ class Config:
     algo: str
     env: str = "CartPole-v1"
     env_kwargs: dict = dataclasses.field(default_factory=dict)
+    # domain randomization: env param -> [low, high], drawn anew for every training episode
+    env_randomize: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
     total_steps: int = 500_000
     num_envs: int = 4

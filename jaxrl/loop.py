@@ -20,7 +20,6 @@ counts and schedules count every device's steps.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import types
 import warnings
@@ -99,15 +98,7 @@ ENV_PREFIX = "env."  # hparams key prefix of a traced env param, e.g. "env.gravi
 
 def env_param_values(params: Any) -> dict[str, jax.Array]:
     """The numeric scalar fields of an env's params: the env params a sweep can vary."""
-    if not dataclasses.is_dataclass(params):
-        return {}
-    values = {}
-    for field in dataclasses.fields(params):
-        value = getattr(params, field.name)
-        numeric = isinstance(value, (int, float)) or (hasattr(value, "shape") and jnp.ndim(value) == 0)
-        if numeric and not jnp.issubdtype(jnp.asarray(value).dtype, jnp.bool_):
-            values[field.name] = jnp.asarray(value)
-    return values
+    return envs.numeric_params(params)
 
 
 def hparam_dtype(name: str, env_values: dict[str, jax.Array]) -> jnp.dtype:
@@ -119,12 +110,13 @@ def hparam_dtype(name: str, env_values: dict[str, jax.Array]) -> jnp.dtype:
 
 
 def make_env(config: Config) -> tuple[envs.Environment, Any]:
-    """The training env (auto-reset, episode statistics) and its params, or a ConfigError."""
+    """The training env (auto-reset, episode statistics; each episode's params drawn from
+    ``config.env_randomize``) and its nominal params, or a ConfigError."""
     try:
         env, params = envs.make(config.env, **config.env_kwargs)
+        return envs.wrap_for_training(env, config.env_randomize, params), params
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    return envs.wrap_for_training(env), params
 
 
 def _broadcast(tree: Any, n: int) -> Any:
@@ -193,6 +185,10 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
             raise ConfigError(
                 f"unknown traced hyperparameter(s) {sorted(unknown)}; traced: {list(names)}; env params "
                 f"(as {ENV_PREFIX}<name>): {sorted(env_defaults)}")
+        both = sorted(k for k in hparams if k.removeprefix(ENV_PREFIX) in config.env_randomize)
+        if both:
+            raise ConfigError(f"{both} are swept but also randomized by env_randomize, which would replace "
+                              f"the swept values every episode: sweep or randomize each param, not both")
         hp = config.hparams()
         hp.update({k: jnp.asarray(v, hparam_dtype(k, env_defaults)) for k, v in hparams.items()})
         return hp
