@@ -14,6 +14,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import yaml
@@ -122,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoint to load: an iteration count, 'best' or 'latest' (default latest)")
     e.add_argument("--key", type=int, default=0, metavar="K",
                    help="PRNG seed of the evaluation episodes (default 0)")
+    e.add_argument("--grid", nargs="+", default=None, metavar="param=v1,v2",
+                   help="robustness: evaluate on every point of the cross product of these env param values "
+                   "(e.g. gravity=5,10,15 length=0.25,0.5,1), all in one program; prints each point's mean "
+                   "return and the mean, worst case and 10%% quantile over the points, and writes "
+                   "RUN_DIR/robustness.json and RUN_DIR/robustness.png (a heat map for two params)")
 
     w = sub.add_parser(
         "sweep", help="train a grid of hyperparameters x seeds in one compiled program",
@@ -573,10 +579,11 @@ def _eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"--step must be an iteration count, 'best' or 'latest', got {step!r}")
         step = int(step)
     env_kwargs = parse_overrides(args.env_kwargs)
+    grid = parse_grid(args.grid) if args.grid else None
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on opening checkpoints read-only
     try:
         result = evaluate_run(args.run, episodes=args.episodes, deterministic=not args.stochastic,
-                              env_kwargs=env_kwargs, seeds=seeds, step=step, key=args.key)
+                              env_kwargs=env_kwargs, seeds=seeds, step=step, key=args.key, grid=grid)
     except FileNotFoundError as err:
         raise ConfigError(str(err)) from None
     mode = "sampled actions" if args.stochastic else "greedy / mean actions"
@@ -585,6 +592,8 @@ def _eval(args: argparse.Namespace) -> int:
           f"checkpoint after {result['iteration']} iterations ({result['env_steps_per_seed']:,} env steps per seed), "
           f"{args.episodes} episodes per seed, {mode}")
     fmt = lambda x: "nan" if x is None else f"{x:.2f}"  # noqa: E731
+    if grid is not None:
+        return _print_robustness(Path(args.run), result, fmt)
     for i, seed in enumerate(result["seeds"]):
         cut = args.episodes - result["finished"][i]
         note = f"  ({cut} episode(s) cut at eval_max_steps, left out)" if cut else ""
@@ -592,6 +601,27 @@ def _eval(args: argparse.Namespace) -> int:
               f"length {fmt(result['length_mean'][i])}{note}")
     print(f"mean ± std over seeds: {fmt(result['mean_over_seeds'])} ± {fmt(result['std_over_seeds'])}")
     print(f"json: {Path(args.run) / 'eval.json'}")
+    return 0
+
+
+def _print_robustness(run_dir: Path, result: dict, fmt: Callable[[float | None], str]) -> int:
+    """The table of a robustness grid, its summary and heat map (``jaxrl eval --grid``)."""
+    from jaxrl import plots
+
+    names = list(result["grid"])
+    print("  " + "".join(f"{n:>14}" for n in names) + f"{'mean return':>14}  per seed")
+    for point, mean, seeds in zip(result["points"], result["return_mean"], result["return_per_seed"]):
+        print("  " + "".join(f"{point[n]:>14g}" for n in names) + f"{fmt(mean):>14}  "
+              + " ".join(fmt(x) for x in seeds))
+    r = result["robustness"]
+    print(f"over the {len(result['points'])} points: mean {fmt(r['mean'])}, worst {fmt(r['worst'])}, "
+          f"10% quantile {fmt(r['q0.1'])}")
+    print(f"json: {run_dir / 'robustness.json'}")
+    if len(names) <= 2:
+        shape = tuple(len(v) for v in result["grid"].values())
+        values = np.array([np.nan if x is None else x for x in result["return_mean"]]).reshape(shape)
+        plots.save(plots.robustness_map(result["grid"], values), run_dir / "robustness.png", close=True)
+        print(f"plot: {run_dir / 'robustness.png'}")
     return 0
 
 

@@ -33,9 +33,10 @@ class Episodes(NamedTuple):
 
 def make_play(config: Config, algo: Any, spec: Spec, *, episodes: int, deterministic: bool,
               env_kwargs: dict[str, Any], max_steps: int) -> Callable[[Context, Any, jax.Array], Episodes]:
-    """Build ``play(ctx, agent, key) -> Episodes``: ``episodes`` parallel episodes of ``config.env``
-    made with ``env_kwargs``, acting with ``algo.policy(ctx, agent, carry, obs, key,
-    deterministic) -> (action, carry)``; ``agent`` is one (unbatched) agent state.
+    """Build ``play(ctx, agent, key, params=None) -> Episodes``: ``episodes`` parallel episodes of
+    ``config.env`` made with ``env_kwargs``, acting with ``algo.policy(ctx, agent, carry, obs, key,
+    deterministic) -> (action, carry)``; ``agent`` is one (unbatched) agent state. ``params``
+    replaces the env's params (``play.params``), e.g. to vmap over a grid of dynamics.
     """
     if not hasattr(algo, "policy"):
         raise ConfigError(f"algo {config.algo!r} defines no policy function, so it cannot be evaluated")
@@ -54,7 +55,10 @@ def make_play(config: Config, algo: Any, spec: Spec, *, episodes: int, determini
     step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     init_carry = getattr(algo, "init_carry", lambda ctx: ())
 
-    def play(ctx: Context, agent: Any, key: jax.Array) -> Episodes:
+    base_params = params
+
+    def play(ctx: Context, agent: Any, key: jax.Array, params: Any = None) -> Episodes:
+        params = base_params if params is None else params  # e.g. one point of a robustness grid
         key, k_reset = jax.random.split(key)
         obs, env_state = reset(jax.random.split(k_reset, n), params)
         zeros = jnp.zeros(n, jnp.float32)
@@ -78,6 +82,7 @@ def make_play(config: Config, algo: Any, spec: Spec, *, episodes: int, determini
         _, _, _, done, ret, length, _, _ = jax.lax.while_loop(running, one_step, carry)
         return Episodes(ret, length, done)
 
+    play.params = base_params  # the eval env's params
     return play
 
 

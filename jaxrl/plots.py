@@ -221,6 +221,32 @@ def performance_profile_plot(
     return fig
 
 
+def robustness_map(grid: Mapping[str, Sequence[float]], values: Any, ax: Axes | None = None,
+                   label: str = "mean return") -> Figure:
+    """A policy's score over a grid of env params: a heat map for two params (``values`` shaped
+    ``(len(first), len(second))``, annotated), a line for one."""
+    names = list(grid)
+    values = np.asarray(values, dtype=np.float64)
+    if len(names) not in (1, 2) or values.shape != tuple(len(v) for v in grid.values()):
+        raise ValueError(f"need one or two params and values shaped by their grid, got {names} and {values.shape}")
+    fig, ax = _axes(ax, figsize=(5, 4))
+    if len(names) == 1:
+        ax.plot(grid[names[0]], values, marker="o")
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        return fig
+    image = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis")
+    ax.set_yticks(range(values.shape[0]), [f"{v:g}" for v in grid[names[0]]])
+    ax.set_xticks(range(values.shape[1]), [f"{v:g}" for v in grid[names[1]]])
+    ax.set_ylabel(names[0])
+    ax.set_xlabel(names[1])
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, "nan" if np.isnan(v) else f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(image, ax=ax, label=label)
+    return fig
+
+
 def save(fig: Figure, path: str | os.PathLike[str], dpi: int = 150, close: bool = False) -> Path:
     """Write ``fig`` as a PNG at ``path`` (creating parent folders); ``close`` frees it in pyplot."""
     path = Path(path)

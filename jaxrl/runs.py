@@ -9,6 +9,7 @@ training loop evaluates with.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl import envs, stats
 from jaxrl.algos import algo_module
 from jaxrl.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
 from jaxrl.config import Config, ConfigError, build
@@ -81,7 +83,8 @@ def load_policy(run_dir: str | Path, step: int | str | None = None) -> tuple[Any
 
 def evaluate_run(run_dir: str | Path, *, episodes: int = 16, deterministic: bool = True,
                  env_kwargs: dict[str, Any] | None = None, seeds: Sequence[int] | None = None,
-                 step: int | str | None = None, key: int = 0, write: bool = True) -> dict[str, Any]:
+                 step: int | str | None = None, key: int = 0, write: bool = True,
+                 grid: dict[str, Sequence[float]] | None = None) -> dict[str, Any]:
     """Evaluate the checkpoint of a ``jaxrl train`` run folder; per seed, ``episodes`` episodes.
 
     The eval env is the run's (``env_kwargs`` updated by ``eval_env_kwargs``) with ``env_kwargs``
@@ -91,6 +94,10 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 16, deterministic: bool
     per-seed ``return_mean``, ``return_std``, ``length_mean``, ``finished`` and ``returns``
     (each episode; None for one cut by ``eval_max_steps``), and writes it to ``RUN_DIR/eval.json``
     when ``write``. Raises FileNotFoundError for a folder without checkpoints.
+
+    ``grid`` (env param -> values, e.g. ``{"gravity": [5, 10, 15], "length": [0.25, 0.5, 1]}``)
+    evaluates the policy on every point of the cross product instead, in one program: see
+    :func:`robustness_grid` for what is returned (written to ``RUN_DIR/robustness.json``).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -119,32 +126,92 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 16, deterministic: bool
     algo, spec = algo_module(config.algo), make_train(config).spec
     play = make_play(config, algo, spec, episodes=episodes, deterministic=deterministic,
                      env_kwargs=env_kwargs, max_steps=config.eval_max_steps)
+    points = _grid_points(grid, play.params) if grid is not None else None
     chosen = jax.tree.map(lambda x: x[np.asarray(seeds) - config.seed], state)
-    play_seed = lambda s, k: play(context(config, s, spec), s.agent, k)  # noqa: E731
-    out = jax.device_get(jax.jit(jax.vmap(play_seed, in_axes=(0, None)))(chosen, jax.random.key(key)))
+    play_seed = lambda s, k, p: play(context(config, s, spec), s.agent, k, p)  # noqa: E731
+    play_seeds = jax.vmap(play_seed, in_axes=(0, None, None))  # (seeds, episodes)
+    if points is not None:  # (points, seeds, episodes): every point plays from the same initial keys
+        play_seeds = jax.vmap(play_seeds, in_axes=(None, None, 0))
+    out = jax.device_get(jax.jit(play_seeds)(chosen, jax.random.key(key), points))
     returns = np.where(out.finished, out.returns, np.nan)
     lengths = np.where(out.finished, out.lengths, np.nan)
-
-    def per_seed(stat: Callable[[np.ndarray], Any], values: np.ndarray) -> list[float | None]:
-        return [_number(stat(row)) if np.isfinite(row).any() else None for row in values]
-
     iteration = int(np.asarray(state.iteration).reshape(-1)[0])
-    means = per_seed(np.nanmean, returns)
-    finite_means = [m for m in means if m is not None]
     result = {
         "run_dir": str(run_dir), "algo": config.algo, "env": config.env, "env_kwargs": env_kwargs,
         "iteration": iteration, "env_steps_per_seed": iteration * config.steps_per_iteration,
         "episodes": episodes, "deterministic": deterministic, "max_steps": config.eval_max_steps, "key": key,
-        "seeds": seeds, "return_mean": means, "return_std": per_seed(np.nanstd, returns),
-        "length_mean": per_seed(np.nanmean, lengths), "finished": [int(f.sum()) for f in out.finished],
-        "returns": [[_number(x) for x in row] for row in returns],
+        "seeds": seeds,
+    }
+    if points is not None:
+        result.update(robustness_grid(grid, returns, out.finished))
+    else:
+        result.update(_per_seed_summary(returns, lengths, out.finished))
+    result["date"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    if write:
+        (run_dir / ("robustness.json" if points is not None else "eval.json")).write_text(
+            json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _per_seed_summary(returns: np.ndarray, lengths: np.ndarray, finished: np.ndarray) -> dict[str, Any]:
+    """Per seed (rows of ``(seeds, episodes)`` arrays, NaN where an episode was cut): mean and std
+    return, mean length, episodes finished, every return; the mean and std of the seeds' means."""
+    means = _per_row(np.nanmean, returns)
+    finite_means = [m for m in means if m is not None]
+    return {
+        "return_mean": means, "return_std": _per_row(np.nanstd, returns), "length_mean": _per_row(np.nanmean, lengths),
+        "finished": [int(f.sum()) for f in finished], "returns": [[_number(x) for x in row] for row in returns],
         "mean_over_seeds": _number(np.mean(finite_means)) if finite_means else None,
         "std_over_seeds": _number(np.std(finite_means)) if finite_means else None,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    if write:
-        (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+
+
+def _per_row(stat: Callable[[np.ndarray], Any], values: np.ndarray) -> list[float | None]:
+    return [_number(stat(row)) if np.isfinite(row).any() else None for row in values]
+
+
+def _grid_points(grid: dict[str, Sequence[float]], params: Any) -> Any:
+    """``params`` stacked over the cross product of ``grid``'s values (the first key varies
+    slowest), or a ConfigError naming what is wrong before anything is compiled."""
+    numeric = envs.numeric_params(params)
+    if not grid:
+        raise ConfigError("a robustness grid needs at least one env param with values")
+    for name, values in grid.items():
+        if name not in numeric:
+            raise ConfigError(f"no numeric env param {name!r} to vary; the eval env's numeric params: "
+                              f"{sorted(numeric) or 'none'}")
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ConfigError(f"grid param {name!r} needs a non-empty list of values, got {values!r}")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"grid param {name!r}: values must be finite numbers, got {v!r}")
+            if jnp.issubdtype(numeric[name].dtype, jnp.integer) and v != int(v):
+                raise ConfigError(f"grid param {name!r} is an integer; got {v!r}")
+    combos = list(itertools.product(*grid.values()))
+    columns = {name: jnp.asarray([c[i] for c in combos], numeric[name].dtype) for i, name in enumerate(grid)}
+    stacked = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (len(combos),) + jnp.shape(x)), params)
+    return stacked.replace(**columns)
+
+
+def robustness_grid(grid: dict[str, Sequence[float]], returns: np.ndarray, finished: np.ndarray) -> dict[str, Any]:
+    """Summaries of ``returns (points, seeds, episodes)`` played on the cross product of ``grid``
+    (NaN where an episode was cut): ``points`` (each a dict of param values), per point the mean
+    return over seeds and episodes (``return_mean``) and per seed (``return_per_seed``),
+    ``finished`` per point, and ``robustness`` (:func:`jaxrl.stats.robustness` over the points'
+    means: mean, worst case, 10% quantile), also per seed (``robustness_per_seed``)."""
+    names = list(grid)
+    combos = list(itertools.product(*grid.values()))
+    per_seed = np.array([[np.nanmean(r) if np.isfinite(r).any() else np.nan for r in point] for point in returns])
+    per_point = np.array([np.nanmean(r) if np.isfinite(r).any() else np.nan for r in returns])
+    return {
+        "grid": {k: list(v) for k, v in grid.items()},
+        "points": [dict(zip(names, c)) for c in combos],
+        "return_mean": [_number(x) for x in per_point],
+        "return_per_seed": [[_number(x) for x in row] for row in per_seed],
+        "finished": [int(f.sum()) for f in finished],
+        "robustness": {k: _number(v) for k, v in stats.robustness(per_point).items()},
+        "robustness_per_seed": [{k: _number(v) for k, v in stats.robustness(col).items()} for col in per_seed.T],
+    }
 
 
 def _number(x: Any) -> float | None:

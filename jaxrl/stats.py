@@ -380,3 +380,20 @@ def normalize(scores: Any, low: Any, high: Any) -> np.ndarray:
         bad = np.flatnonzero(same).tolist()
         raise ValueError(f"high equals low for task(s) {bad}: cannot normalise")
     return (x - lo) / (hi - lo)
+
+
+def robustness(values: Any, quantile: float = 0.1) -> dict[str, float]:
+    """Robustness of one policy over a set of conditions (e.g. a grid of env params): the
+    ``mean`` of ``values`` (one score per condition), the ``worst`` case and the ``quantile``
+    (a low quantile: bad conditions that are not the single worst). NaN scores (no finished
+    episode) are ignored; all NaN gives NaN."""
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("robustness needs at least one value")
+    x = x[~np.isnan(x)]
+    if not x.size:
+        return {"mean": float("nan"), "worst": float("nan"), f"q{quantile:g}": float("nan")}
+    return {"mean": float(x.mean()), "worst": float(x.min()), f"q{quantile:g}": float(np.quantile(x, quantile))}
+

@@ -171,3 +171,33 @@ def test_sweep_and_plot(tmp_path, capsys):
     assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").stat().st_size > 1000
     assert main(["plot", str(tmp_path)]) == 2
+
+
+def test_eval_over_a_grid_of_env_params(tmp_path, capsys):
+    """`jaxrl eval --grid`: each point equals a plain evaluation with those params (same initial
+    states), robustness = mean / worst / 10% quantile of the points' means, table and heat map."""
+    import numpy as np
+
+    assert main(["train", "ppo_cartpole", "total_steps=2048", "--seeds", "2", "--out", str(tmp_path), "--quiet"]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert main(["eval", str(run_dir), "--episodes", "3", "--grid", "gravity=5,20", "max_steps_in_episode=20,40"]) == 0
+    out = capsys.readouterr().out
+    assert "over the 4 points: mean" in out and (run_dir / "robustness.png").stat().st_size > 10_000
+    grid = json.loads((run_dir / "robustness.json").read_text())
+    assert grid["points"] == [{"gravity": 5, "max_steps_in_episode": 20}, {"gravity": 5, "max_steps_in_episode": 40},
+                              {"gravity": 20, "max_steps_in_episode": 20}, {"gravity": 20, "max_steps_in_episode": 40}]
+    for point, per_seed in zip(grid["points"], grid["return_per_seed"]):
+        kwargs = [f"{k}={v}" for k, v in point.items()]
+        assert main(["eval", str(run_dir), "--episodes", "3", "--env-kwargs", *kwargs]) == 0
+        assert json.loads((run_dir / "eval.json").read_text())["return_mean"] == per_seed, point
+    means = np.array(grid["return_mean"])
+    np.testing.assert_allclose(means, np.mean(grid["return_per_seed"], axis=1))
+    assert grid["robustness"] == {"mean": means.mean(), "worst": means.min(), "q0.1": np.quantile(means, 0.1)}
+    assert max(means[[0, 2]]) <= 20 < max(means[[1, 3]])  # the step limit really varies
+
+    capsys.readouterr()
+    for bad, message in [(["gravty=5,10"], "no numeric env param 'gravty'"),
+                         (["max_steps_in_episode=10.5"], "integer"),
+                         (["gravity=x"], "finite numbers")]:
+        assert main(["eval", str(run_dir), "--grid", *bad]) == 2, bad
+        assert message in capsys.readouterr().err, bad

@@ -235,3 +235,15 @@ def test_interval_and_profile_plots(tmp_path):
     fig = plots.performance_profile_plot(scores, reps=100)
     assert len(fig.axes[0].get_lines()) == 3
     assert plots.save(fig, tmp_path / "profile.png").stat().st_size > 1000
+
+
+def test_robustness_over_conditions():
+    values = [300.0, np.nan, 100.0, 500.0, 200.0]  # NaN: no episode finished there, ignored
+    r = stats.robustness(values)
+    assert r == {"mean": 275.0, "worst": 100.0, "q0.1": pytest.approx(130.0)}  # numpy's linear quantile
+    assert stats.robustness(values, quantile=0.5)["q0.5"] == 250.0
+    assert all(np.isnan(v) for v in stats.robustness([np.nan, np.nan]).values())
+    with pytest.raises(ValueError, match="quantile"):
+        stats.robustness(values, quantile=1.5)
+    with pytest.raises(ValueError, match="at least one"):
+        stats.robustness([])
