@@ -40,11 +40,19 @@ def kl_penalty(ratio: jax.Array, advantage: jax.Array, kl: jax.Array, kl_coef: j
     return -(ratio * advantage - kl_coef * kl).mean()
 
 
+KL_COEF_RANGE = (2.0**-100, 2.0**100)  # where adapt_kl_coef keeps the coefficient
+
+
 def adapt_kl_coef(kl_coef: jax.Array, kl: jax.Array, target: jax.Array | float) -> jax.Array:
     """The KL coefficient for the next update (Schulman et al. 2017, section 4): halved when the
     mean KL of the last update ``kl`` fell below ``target / 1.5``, doubled when it rose above
-    ``target * 1.5``, kept otherwise; so the policy moves about ``target`` per update."""
-    return jnp.where(kl < target / 1.5, kl_coef / 2.0, jnp.where(kl > target * 1.5, kl_coef * 2.0, kl_coef))
+    ``target * 1.5``, kept otherwise; so the policy moves about ``target`` per update.
+
+    The result stays within :data:`KL_COEF_RANGE` (powers of 2, so halving and doubling stay
+    exact): float32 would flush a coefficient halved ~126 times (a long run of tiny updates, as a
+    learning rate annealed to 0 gives) to 0, from which doubling never brings it back."""
+    adapted = jnp.where(kl < target / 1.5, kl_coef / 2.0, jnp.where(kl > target * 1.5, kl_coef * 2.0, kl_coef))
+    return jnp.clip(adapted, *KL_COEF_RANGE)
 
 
 def spo(ratio: jax.Array, advantage: jax.Array, eps: jax.Array | float) -> jax.Array:

@@ -68,6 +68,17 @@ def test_adapt_kl_coef(kl, expected):
     assert float(coef) == pytest.approx(expected)
 
 
+def test_adapt_kl_coef_can_always_recover():
+    coef = jnp.float32(1.0)
+    for _ in range(200):  # tiny updates: halved until the floor, never to 0
+        coef = losses.adapt_kl_coef(coef, jnp.float32(0.0), 0.01)
+    assert float(coef) == losses.KL_COEF_RANGE[0]
+    assert float(losses.adapt_kl_coef(coef, jnp.float32(1.0), 0.01)) == 2 * losses.KL_COEF_RANGE[0]
+    for _ in range(200):
+        coef = losses.adapt_kl_coef(coef, jnp.float32(1.0), 0.01)
+    assert float(coef) == losses.KL_COEF_RANGE[1]
+
+
 def test_spo():
     objective = R * A - np.abs(A) / (2 * EPS) * (R - 1) ** 2
     check(lambda r, a: losses.spo(r, a, EPS), objective, A - np.abs(A) / EPS * (R - 1))
