@@ -7,15 +7,111 @@ docstring says; gradients are taken by the caller, and targets are passed in alr
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
 
 
+# --------------------------------------------------------------------------- policy objectives
+# Each is a loss to minimise, the mean over items of minus an objective in the probability ratio
+# ``r = pi(a|s) / pi_old(a|s)`` of the sampled actions and their advantages ``A``; ``r A`` is the
+# importance-sampled policy-gradient surrogate, and the objectives differ in how they keep the new
+# policy near the old one. KL terms come in per item, computed by the caller from the two
+# distributions (which KL, old-to-new or new-to-old, is part of each method).
+
 def clipped_surrogate(ratio: jax.Array, advantage: jax.Array, clip_eps: jax.Array | float) -> jax.Array:
-    """PPO's policy loss (to minimise), mean over items: ``-min(r A, clip(r, 1 - eps, 1 + eps) A)``."""
+    """PPO's policy loss (to minimise), mean over items: ``-min(r A, clip(r, 1 - eps, 1 + eps) A)``.
+
+    Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7: the pessimistic bound
+    gives no gradient to push ``r`` further once it left ``[1 - eps, 1 + eps]`` in the direction
+    the advantage favours."""
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     return -jnp.minimum(ratio * advantage, clipped * advantage).mean()
+
+
+def kl_penalty(ratio: jax.Array, advantage: jax.Array, kl: jax.Array, kl_coef: jax.Array | float) -> jax.Array:
+    """PPO's adaptive-KL-penalty loss, mean over items: ``-(r A - beta KL[pi_old, pi])``.
+
+    Schulman et al. 2017, eq. 8: a soft trust region; ``kl`` is the per-item
+    ``KL[pi_old(.|s), pi(.|s)]`` and ``kl_coef`` (beta) is adapted between updates by
+    :func:`adapt_kl_coef`."""
+    return -(ratio * advantage - kl_coef * kl).mean()
+
+
+KL_COEF_RANGE = (2.0**-100, 2.0**100)  # where adapt_kl_coef keeps the coefficient
+
+
+def adapt_kl_coef(kl_coef: jax.Array, kl: jax.Array, target: jax.Array | float) -> jax.Array:
+    """The KL coefficient for the next update (Schulman et al. 2017, section 4): halved when the
+    mean KL of the last update ``kl`` fell below ``target / 1.5``, doubled when it rose above
+    ``target * 1.5``, kept otherwise; so the policy moves about ``target`` per update.
+
+    The result stays within :data:`KL_COEF_RANGE` (powers of 2, so halving and doubling stay
+    exact): float32 would flush a coefficient halved ~126 times (a long run of tiny updates, as a
+    learning rate annealed to 0 gives) to 0, from which doubling never brings it back."""
+    adapted = jnp.where(kl < target / 1.5, kl_coef / 2.0, jnp.where(kl > target * 1.5, kl_coef * 2.0, kl_coef))
+    return jnp.clip(adapted, *KL_COEF_RANGE)
+
+
+def spo(ratio: jax.Array, advantage: jax.Array, eps: jax.Array | float) -> jax.Array:
+    """Simple Policy Optimization's loss, mean over items: ``-(r A - |A| / (2 eps) (r - 1)^2)``.
+
+    Xie et al. 2024, "Simple Policy Optimization": instead of clipping (which leaves ``r``
+    free once outside the trust region) a quadratic penalty whose maximum over ``r`` lies exactly
+    on the boundary ``r = 1 + sign(A) eps``, so the gradient always pulls ``r`` back toward it."""
+    return -(ratio * advantage - jnp.abs(advantage) / (2.0 * eps) * jnp.square(ratio - 1.0)).mean()
+
+
+def mdpo(ratio: jax.Array, advantage: jax.Array, kl: jax.Array, step_size: jax.Array | float) -> jax.Array:
+    """On-policy Mirror Descent Policy Optimization's loss, mean over items:
+    ``-(r A - KL[pi, pi_old] / t_k)``.
+
+    Tomar et al. 2020, "Mirror Descent Policy Optimization" (on-policy MDPO): each iteration ``k``
+    approximately solves the mirror-descent step ``max E[r A] - KL(pi || pi_k) / t_k`` by several
+    gradient steps from ``pi_k``; ``kl`` is the per-item ``KL[pi(.|s), pi_old(.|s)]`` (new to old,
+    as in the authors' code) and ``step_size`` is ``t_k`` (:func:`mdpo_step_size`)."""
+    return -(ratio * advantage - kl / step_size).mean()
+
+
+def mdpo_step_size(iteration: jax.Array, num_iterations: int) -> jax.Array:
+    """MDPO's step size ``t_k = 1 - k / K`` at iteration ``k`` of ``K`` (Tomar et al. 2020, on-policy
+    MDPO; the authors' code anneals it once per iteration, from 1 toward 0): the KL term's weight
+    ``1 / t_k`` grows from 1 to ``K``, so the policy settles as training ends."""
+    return 1.0 - jnp.asarray(iteration, jnp.float32) / num_iterations
+
+
+def dpo_drift(ratio: jax.Array, advantage: jax.Array, alpha: jax.Array | float = 2.0,
+              beta: jax.Array | float = 0.6) -> jax.Array:
+    """Discovered Policy Optimisation's drift, per item (Lu et al. 2022, "Discovered Policy
+    Optimisation", the closed form distilled from the learned drift, with its defaults
+    ``alpha = 2``, ``beta = 0.6``)::
+
+        A >= 0:  relu((r - 1) A - alpha tanh((r - 1) A / alpha))
+        A <  0:  relu(log(r) A - beta tanh(log(r) A / beta))
+
+    ``x - c tanh(x / c)`` is ~ ``x^3 / (3 c^2)`` near 0 and ~ ``x - c`` far out, so small moves of
+    the ratio cost almost nothing and large ones in the advantage's direction are penalised
+    about linearly (the relu keeps moves against the advantage free, as clipping does)."""
+    log_ratio = jnp.log(ratio)
+    positive = jax.nn.relu((ratio - 1.0) * advantage - alpha * jnp.tanh((ratio - 1.0) * advantage / alpha))
+    negative = jax.nn.relu(log_ratio * advantage - beta * jnp.tanh(log_ratio * advantage / beta))
+    return jnp.where(advantage >= 0, positive, negative)
+
+
+def drift_objective(ratio: jax.Array, advantage: jax.Array,
+                    drift: Callable[[jax.Array, jax.Array], jax.Array]) -> jax.Array:
+    """Mirror-learning loss with a drift function, mean over items: ``-(r A - drift(r, A))``.
+
+    Lu et al. 2022 (after Kuba et al. 2022, "Mirror Learning"): any drift that is >= 0 and zero
+    with zero gradient at ``r = 1`` gives a valid update. ``drift`` maps per-item ratios and
+    advantages to per-item drifts: :func:`dpo_drift` (with chosen ``alpha, beta``) or a learned
+    function."""
+    return -(ratio * advantage - drift(ratio, advantage)).mean()
+
+
+# --------------------------------------------------------------------------- value and other losses
 
 
 def value_loss(value: jax.Array, target: jax.Array, old_value: jax.Array | None = None,

@@ -18,10 +18,10 @@ Flags may be bools or 0/1 numbers. ``gamma`` and ``lam`` may be traced scalars (
 swept with ``vmap``); ``n`` of :func:`nstep_returns` is static. Results are computed in the
 promoted floating dtype of the inputs, at least float32.
 
-All three estimators are built on one reverse linear recurrence
+The estimators are built on one reverse linear recurrence
 ``y_t = x_t + c_t * y_{t+1}`` with ``c_t = gamma * lam * (1 - done_t)``: GAE and TD(lambda) solve
 it over the whole rollout (differing in ``x_t`` and ``y_T``), n-step returns iterate it ``n``
-times with ``lam = 1``.
+times with ``lam = 1``, and V-trace solves it with importance-weighted ``x_t`` and ``c_t``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxrl.core import vary_like
 
-__all__ = ["gae", "td_lambda", "nstep_returns", "nstep_window"]
+__all__ = ["gae", "td_lambda", "nstep_returns", "nstep_window", "vtrace"]
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -263,3 +263,47 @@ def nstep_window(
     discount = jnp.asarray(gamma, dtype) ** steps.astype(dtype) * (1.0 - term_last.astype(dtype))
     return (alive * powers * rewards.astype(dtype)).sum(0), discount, last
 
+
+
+def vtrace(
+    rewards: ArrayLike,
+    values: ArrayLike,
+    next_values: ArrayLike,
+    terminated: ArrayLike,
+    truncated: ArrayLike,
+    log_rhos: ArrayLike,
+    gamma: ArrayLike,
+    lam: ArrayLike = 1.0,
+    rho_clip: ArrayLike = 1.0,
+    c_clip: ArrayLike = 1.0,
+    pg_rho_clip: ArrayLike = 1.0,
+) -> tuple[Array, Array]:
+    """V-trace value targets and policy-gradient advantages (Espeholt et al., 2018, IMPALA).
+
+    Off-policy corrected returns for data from a behaviour policy ``mu`` while learning about a
+    target policy ``pi``; ``log_rhos[t] = log pi(a_t|s_t) - log mu(a_t|s_t)``. With truncated
+    importance weights ``rho_t = min(rho_clip, e^log_rhos)`` and ``c_t = lam * min(c_clip, e^log_rhos)``::
+
+        delta_t = rho_t * (r_t + gamma * (1 - term_t) * next_v_t - v_t)
+        vs_t    = v_t + delta_t + gamma * c_t * (1 - done_t) * (vs_{t+1} - v_{t+1}),   vs_T - v_T = 0
+        adv_t   = min(pg_rho_clip, e^log_rhos) * (r_t + gamma * (1 - term_t) * next_vs_t - v_t)
+
+    where ``next_vs_t`` is the target of the true next state: ``next_v_t + (vs_{t+1} - v_{t+1})``
+    inside an episode, ``next_v_t`` where the episode or the rollout ends (so a truncation
+    bootstraps from the final observation's value and its trace stops, as in :func:`gae`).
+    On-policy (``log_rhos = 0``, clips >= 1) ``vs`` are GAE's returns and, with ``lam = 1``,
+    ``adv`` GAE's advantages. Unlike rlax, the advantage bootstraps from ``vs_{t+1}`` itself for
+    any ``lam`` (the paper's form; rlax mixes in ``v_{t+1}`` by ``1 - lam``).
+
+    Returns:
+        ``(vs, advantages)``, each shaped like ``rewards``.
+    """
+    _check_shapes(rewards=rewards, log_rhos=log_rhos)
+    r, nv, discount, trace, v = _prepare(rewards, next_values, terminated, truncated, gamma, lam, values)
+    rhos = jnp.exp(jnp.asarray(log_rhos, r.dtype))
+    corrections = _reverse_linear_scan(jnp.minimum(rho_clip, rhos) * (r + discount * nv - v),
+                                       trace * jnp.minimum(c_clip, rhos), jnp.zeros((), r.dtype))
+    done = jnp.asarray(terminated).astype(bool) | jnp.asarray(truncated).astype(bool)
+    following = jnp.concatenate([corrections[1:], jnp.zeros_like(corrections[:1])], axis=0)  # vs - v at t+1
+    next_vs = nv + jnp.where(done, 0.0, following)
+    return v + corrections, jnp.minimum(pg_rho_clip, rhos) * (r + discount * next_vs - v)

@@ -15,7 +15,8 @@ from jaxrl.config import ConfigError, build, config_names, parse_grid, parse_ove
 @pytest.mark.parametrize("name", config_names())
 def test_bundled_configs_load(name):
     config = jaxrl.load_config(name)
-    variant = {"ddpg": "td3", "tqc": "sac"}.get(name.split("_")[0], name.split("_")[0])  # named after the variant
+    variants = {"ddpg": "td3", "tqc": "sac", "spo": "ppo", "mdpo": "ppo", "dpo": "ppo"}  # named after the variant
+    variant = variants.get(name.split("_")[0], name.split("_")[0])
     assert config.algo == variant, (name, config.algo)
     assert config.num_iterations >= 1
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl.returns import gae, nstep_returns, td_lambda
+from jaxrl.returns import gae, nstep_returns, td_lambda, vtrace
 
 RTOL, ATOL = 1e-5, 1e-5
 
@@ -343,3 +343,115 @@ def test_validation():
     for n in (0, 2.0, True):
         with pytest.raises(ValueError, match="n must be"):
             nstep_returns(x, x, flags, flags, 0.9, n)
+
+
+# --------------------------------------------------------------------------------------------
+# V-trace
+# --------------------------------------------------------------------------------------------
+
+
+@_columnwise
+def ref_vtrace(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma, lam, rho_clip,
+               c_clip, pg_rho_clip):
+    """Espeholt et al. 2018, eq. 1, as a sum: ``vs_s = V(x_s) + sum_t gamma^(t-s) (prod_{i<t} c_i) delta_t``
+    over the rest of s's episode inside the rollout; the advantage bootstraps from the next
+    state's ``vs`` inside an episode and from ``next_values`` where it or the rollout ends."""
+    T = len(rewards)
+    ratio = np.exp(log_rhos)
+    delta = np.minimum(rho_clip, ratio) * (rewards + gamma * (1 - terminated) * next_values - values)
+    c = lam * np.minimum(c_clip, ratio)
+    vs = np.zeros(T)
+    for s in range(T):
+        total, weight, t = 0.0, 1.0, s
+        while True:
+            total += weight * delta[t]
+            if terminated[t] or truncated[t] or t == T - 1:
+                break
+            weight *= gamma * c[t]
+            t += 1
+        vs[s] = values[s] + total
+    adv = np.zeros(T)
+    for s in range(T):
+        inside = not (terminated[s] or truncated[s]) and s < T - 1
+        next_vs = vs[s + 1] if inside else next_values[s]
+        adv[s] = min(pg_rho_clip, ratio[s]) * (rewards[s] + gamma * (1 - terminated[s]) * next_vs - values[s])
+    return vs, adv
+
+
+VTRACE_SETTINGS = [  # gamma, lam, rho_clip, c_clip, pg_rho_clip
+    dict(gamma=0.99, lam=1.0, rho_clip=1.0, c_clip=1.0, pg_rho_clip=1.0),
+    dict(gamma=0.9, lam=0.8, rho_clip=2.0, c_clip=0.5, pg_rho_clip=1.5),
+    dict(gamma=0.5, lam=0.0, rho_clip=1.0, c_clip=1.0, pg_rho_clip=1.0),
+    dict(gamma=1.0, lam=0.95, rho_clip=np.inf, c_clip=np.inf, pg_rho_clip=np.inf),
+]
+
+
+def with_log_rhos(d, rng, scale=0.7):
+    return {**d, "log_rhos": (scale * rng.normal(size=d["rewards"].shape)).astype(np.float32)}
+
+
+def vtrace_args(d):
+    return (d["rewards"], d["values"], d["next_values"], d["terminated"], d["truncated"], d["log_rhos"])
+
+
+def test_vtrace_hand_computed():
+    # T = 3, gamma = 0.5, lam = 1, clips 1; rhos = [2, 0.5, 1]; truncation at t = 1 (its final
+    # observation's value 8 is not the next episode's first value 3)
+    d = {**seq([1, 2, 4], [1, 2, 3], [2, 8, 4], [0, 0, 0], [0, 1, 0]), "log_rhos": np.log([2.0, 0.5, 1.0])}
+    # rho = c = [1, .5, 1]; delta = [1 + 1 - 1, .5 * (2 + 4 - 2), 4 + 2 - 3] = [1, 2, 3]
+    # vs - v = [1 + .5 * 1 * 2, 2 (truncated: trace cut), 3] = [2, 2, 3]; vs = [3, 4, 6]
+    # adv = rho_pg * (r + .5 * next_vs - v), next_vs = [2 + 2, 8 (truncated), 4 (rollout end)]:
+    #     = [1 + 2 - 1, .5 * (2 + 4 - 2), 4 + 2 - 3] = [2, 2, 3]
+    for vs, adv in (vtrace(*vtrace_args(d), 0.5), ref_vtrace(*vtrace_args(d), gamma=0.5, lam=1.0, rho_clip=1.0,
+                                                             c_clip=1.0, pg_rho_clip=1.0)):
+        np.testing.assert_allclose(np.asarray(vs), [3.0, 4.0, 6.0], rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(np.asarray(adv), [2.0, 2.0, 3.0], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("shape", [(37, 4), (23, 3, 2)], ids=["T,N", "T,N,K"])
+@pytest.mark.parametrize("settings", VTRACE_SETTINGS, ids=lambda s: "g{gamma}-l{lam}-r{rho_clip}-c{c_clip}".format(**s))
+def test_vtrace_matches_reference_with_terminations_and_truncations(shape, settings):
+    rng = np.random.default_rng(7)
+    d = with_log_rhos(make_batch(rng, shape, p_term=0.1, p_trunc=0.1, consistent=True), rng)
+    assert d["terminated"][1:-1].any() and d["truncated"][1:-1].any()
+    got = vtrace(*vtrace_args(d), **settings)
+    for g, w, name in zip(got, ref_vtrace(*vtrace_args(d), **settings), ("vs", "advantages")):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.9, 0.0])
+def test_vtrace_on_policy_is_gae(lam):
+    d = make_batch(np.random.default_rng(8), (29, 3), consistent=True)
+    on_policy = {**d, "log_rhos": np.zeros_like(d["rewards"])}
+    vs, adv = vtrace(*vtrace_args(on_policy), 0.97, lam)
+    gae_adv, gae_ret = gae(d["rewards"], d["values"], d["next_values"], d["terminated"], d["truncated"], 0.97, lam)
+    np.testing.assert_allclose(np.asarray(vs), np.asarray(gae_ret), rtol=RTOL, atol=ATOL)
+    if lam == 1.0:
+        np.testing.assert_allclose(np.asarray(adv), np.asarray(gae_adv), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.8])
+def test_vtrace_matches_rlax_without_truncations(lam):
+    rlax = pytest.importorskip("rlax")
+    rng = np.random.default_rng(9)
+    d = with_log_rhos(make_batch(rng, (31, 4), p_term=0.1, p_trunc=0.0, consistent=True), rng)
+    assert d["terminated"][1:-1].any()
+    discount = (0.95 * (1 - d["terminated"])).astype(np.float32)
+    vs, adv = vtrace(*vtrace_args(d), 0.95, lam, rho_clip=1.5)
+    theirs = jax.vmap(lambda v, nv, r, disc, rho: rlax.vtrace_td_error_and_advantage(
+        v, nv, r, disc, rho, lambda_=lam, clip_rho_threshold=1.5), in_axes=1, out_axes=1)(
+        d["values"], d["next_values"], d["rewards"], discount, np.exp(d["log_rhos"]))
+    np.testing.assert_allclose(np.asarray(vs), np.asarray(theirs.errors + d["values"]), rtol=1e-4, atol=1e-4)
+    if lam == 1.0:  # rlax's advantage mixes v_{t+1} in by 1 - lam; the paper's (and ours) does not
+        np.testing.assert_allclose(np.asarray(adv), np.asarray(theirs.pg_advantage), rtol=1e-4, atol=1e-4)
+
+
+def test_vtrace_jit_vmap_and_validation():
+    d = with_log_rhos(make_batch(np.random.default_rng(10), (12, 3)), np.random.default_rng(11))
+    gammas = jnp.array([0.0, 0.9, 0.99], jnp.float32)
+    batched = jax.jit(jax.vmap(lambda g: vtrace(*vtrace_args(d), g, 0.9, rho_clip=2.0)))(gammas)
+    for i, g in enumerate(gammas.tolist()):
+        for b, one in zip(batched, vtrace(*vtrace_args(d), g, 0.9, rho_clip=2.0)):
+            np.testing.assert_allclose(np.asarray(b[i]), np.asarray(one), rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="same time-major shape"):
+        vtrace(*vtrace_args(d)[:-1], d["log_rhos"][:, :2], 0.9)

@@ -1,8 +1,21 @@
-"""Proximal Policy Optimization (Schulman et al., 2017) with GAE, discrete and continuous.
+"""Proximal Policy Optimization (Schulman et al., 2017) with GAE, discrete and continuous, and
+the policy objectives of its successors as options.
 
 Per iteration: GAE advantages from the rollout (bootstrapping truncated episodes from the final
 observation's value), then ``update_epochs`` passes over ``num_minibatches`` shuffled
-minibatches of the clipped-surrogate loss + value loss (optionally clipped) - entropy bonus.
+minibatches of the policy loss + value loss (optionally clipped) - entropy bonus.
+
+``objective`` picks the policy loss from :mod:`jaxrl.losses`: ``clip`` (PPO's clipped
+surrogate), ``kl`` (PPO's adaptive KL penalty: its coefficient is agent state, halved or doubled
+after each update to keep the update's KL near ``kl_target``), ``spo`` (Simple Policy
+Optimization, trust region ``clip_eps``), ``mdpo`` (on-policy Mirror Descent Policy
+Optimization, KL weight ``1 / t_k`` with ``t_k = 1 - k / K`` over the run's ``K`` iterations) or
+``dpo`` (Discovered Policy Optimisation's drift, or a drift function of your own named by
+``drift``). ``ewma_decay > 0`` turns on PPO-EWMA (Hilton et al. 2021, "Batch size-invariance for
+policy optimization"): the trust region is around a proximal policy whose parameters are an
+exponential moving average of the policy's (updated after every optimizer step, bias-corrected
+as in the paper's code) instead of the behaviour policy, and the advantages are importance-weighted
+by ``pi_prox / pi_behaviour``.
 
 Acting runs the actor alone: the rollout's values and log-probabilities are computed at the
 start of ``learn``, batched over the whole rollout (the parameters have not changed since the
@@ -12,7 +25,10 @@ rollout, so they are the same numbers, at a fraction of the per-step cost: +2-5%
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from typing import Callable
 
+import distrax
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -38,6 +54,13 @@ class Config(cfg.Config):
     clip_eps: float = cfg.traced(0.2)
     ent_coef: float = cfg.traced(0.01)
     vf_coef: float = cfg.traced(0.5)
+    objective: str = "clip"  # one of OBJECTIVES
+    kl_target: float = cfg.traced(0.01)  # kl: the KL per update the coefficient is adapted toward
+    kl_coef: float = cfg.traced(1.0)  # kl: the coefficient's initial value
+    dpo_alpha: float = cfg.traced(2.0)  # dpo: the drift's scale for positive advantages
+    dpo_beta: float = cfg.traced(0.6)  # dpo: ... and for negative ones
+    drift: str = "dpo"  # dpo: "dpo" (the closed form) or the import path of fn(ratio, advantage, ctx) -> drift
+    ewma_decay: float = 0.0  # PPO-EWMA's decay of the proximal policy's average (0: off, no proximal policy)
 
     def validate(self) -> None:
         super().validate()
@@ -54,6 +77,36 @@ class Config(cfg.Config):
         cfg.require(self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}")
         cfg.require(self.ent_coef >= 0, f"ent_coef must be >= 0, got {self.ent_coef}")
         cfg.require(self.vf_coef >= 0, f"vf_coef must be >= 0, got {self.vf_coef}")
+        cfg.require(self.objective in OBJECTIVES,
+                    f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
+                    + cfg.suggest(self.objective, list(OBJECTIVES)))
+        cfg.require(self.kl_target > 0, f"kl_target must be > 0, got {self.kl_target}")
+        cfg.require(self.kl_coef > 0, f"kl_coef must be > 0 (it is doubled and halved), got {self.kl_coef}")
+        cfg.require(self.dpo_alpha > 0, f"dpo_alpha must be > 0, got {self.dpo_alpha}")
+        cfg.require(self.dpo_beta > 0, f"dpo_beta must be > 0, got {self.dpo_beta}")
+        cfg.require(0.0 <= self.ewma_decay < 1.0, f"ewma_decay must be in [0, 1), got {self.ewma_decay}")
+        cfg.require(self.drift == "dpo" or self.objective == "dpo",
+                    f"drift={self.drift!r} is used only by objective 'dpo', not {self.objective!r}")
+        drift_function(self.drift)  # a ConfigError unless it names a function
+
+
+OBJECTIVES = ("clip", "kl", "spo", "mdpo", "dpo")
+
+
+def drift_function(name: str) -> Callable | None:
+    """The drift function a ``drift`` import path (``package.module.function``) names; None for
+    ``"dpo"`` (the published closed form, :func:`jaxrl.losses.dpo_drift`)."""
+    if name == "dpo":
+        return None
+    module, _, attr = name.rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module), attr) if module else None
+    except (ImportError, AttributeError) as err:
+        raise cfg.ConfigError(f"drift {name!r} cannot be imported: {err}") from None
+    if not callable(fn):
+        raise cfg.ConfigError(f"drift must be 'dpo' or the import path of a function "
+                              f"fn(ratio, advantage, ctx) -> drift, got {name!r}")
+    return fn
 
 
 def check(config: Config, spec: Spec, devices: int) -> None:
@@ -67,6 +120,9 @@ def check(config: Config, spec: Spec, devices: int) -> None:
 class State(struct.PyTreeNode):
     params: dict
     opt_state: tuple
+    kl_coef: jax.Array | None = None  # objective kl: the adaptive KL coefficient
+    prox_params: dict | None = None  # PPO-EWMA: the proximal policy's parameters ...
+    prox_weight: jax.Array | None = None  # ... and the total weight of their average
 
 
 def network(ctx: Context) -> ActorCritic:
@@ -79,8 +135,12 @@ def optimizer(ctx: Context) -> Optimizer:
 
 
 def init(ctx: Context, key: jax.Array) -> State:
+    c = ctx.config
     params = networks.init(network(ctx), key, jnp.zeros((1, *ctx.spec.obs_shape)))
-    return State(params, optimizer(ctx).init(params))
+    return State(params, optimizer(ctx).init(params),
+                 kl_coef=ctx.hp["kl_coef"] if c.objective == "kl" else None,
+                 prox_params=params if c.ewma_decay else None,
+                 prox_weight=jnp.float32(1.0) if c.ewma_decay else None)
 
 
 def act(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, tuple, dict]:
@@ -95,17 +155,48 @@ def policy(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Ar
     return (pi.mode() if deterministic else pi.sample(seed=key)), carry
 
 
-def loss(ctx: Context, params: dict, mb: dict) -> tuple[jax.Array, dict]:
+def objective_loss(ctx: Context, ratio: jax.Array, adv: jax.Array, pi: distrax.Distribution,
+                   reference: distrax.Distribution | None, kl_coef: jax.Array | None) -> jax.Array:
+    """The configured objective's loss; ``reference`` is the distribution the trust region is
+    around (needed by the KL objectives only)."""
+    c, hp = ctx.config, ctx.hp
+    if c.objective == "clip":
+        return losses.clipped_surrogate(ratio, adv, hp["clip_eps"])
+    if c.objective == "spo":
+        return losses.spo(ratio, adv, hp["clip_eps"])
+    if c.objective == "kl":  # KL[old, new] (Schulman et al. 2017)
+        return losses.kl_penalty(ratio, adv, reference.kl_divergence(pi), kl_coef)
+    if c.objective == "mdpo":  # KL[new, old] (Tomar et al. 2020)
+        return losses.mdpo(ratio, adv, pi.kl_divergence(reference),
+                           losses.mdpo_step_size(ctx.iteration, c.num_iterations))
+    user_drift = drift_function(c.drift)
+    drift = (lambda r, a: losses.dpo_drift(r, a, hp["dpo_alpha"], hp["dpo_beta"])) if user_drift is None else (
+        lambda r, a: user_drift(r, a, ctx))
+    return losses.drift_objective(ratio, adv, drift)
+
+
+def loss(ctx: Context, params: dict, mb: dict, reference: dict | None = None,
+         kl_coef: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """PPO's loss on a minibatch. ``reference``: the parameters of the policy the trust region is
+    around, when it is not enough to know the rollout's log-probabilities: the behaviour policy's
+    for the KL objectives, the proximal policy's for PPO-EWMA (None otherwise)."""
     c, hp = ctx.config, ctx.hp
     pi, value = network(ctx).apply(params, mb["obs"])
-    log_ratio = pi.log_prob(mb["action"]) - mb["log_prob"]
-    ratio = jnp.exp(log_ratio)
+    log_prob = pi.log_prob(mb["action"])
     adv = mb["advantage"]
     if c.normalize_advantages:  # over the whole minibatch, every device's share of it
         mean = ctx.mean(adv)
         adv = (adv - mean) / (jnp.sqrt(ctx.mean(jnp.square(adv - mean))) + 1e-8)
+    ref_pi, ref_log_prob = None, mb["log_prob"]
+    if reference is not None:
+        ref_pi = network(ctx).apply(reference, mb["obs"], method=ActorCritic.policy)
+        ref_log_prob = ref_pi.log_prob(mb["action"])
+    if c.ewma_decay:  # importance weights behaviour -> proximal on the advantages
+        adv = adv * jnp.exp(ref_log_prob - mb["log_prob"])
+    log_ratio = log_prob - ref_log_prob
+    ratio = jnp.exp(log_ratio)
     eps = hp["clip_eps"]
-    policy_loss = losses.clipped_surrogate(ratio, adv, eps)
+    policy_loss = objective_loss(ctx, ratio, adv, pi, ref_pi, kl_coef)
     value_loss = losses.value_loss(value, mb["target"], mb["value"], eps if c.clip_value_loss else None)
     entropy = pi.entropy().mean()
     total = policy_loss + hp["vf_coef"] * value_loss - hp["ent_coef"] * entropy
@@ -116,6 +207,16 @@ def loss(ctx: Context, params: dict, mb: dict) -> tuple[jax.Array, dict]:
         "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
         "clip_fraction": (jnp.abs(ratio - 1.0) > eps).mean(),
     }
+
+
+def ewma(ctx: Context, agent: State) -> State:
+    """``agent`` with its proximal parameters moved toward its parameters: the bias-corrected
+    average of PPO-EWMA's code, ``w' = decay w + 1``, ``prox' = (decay w prox + params) / w'``."""
+    decay = ctx.config.ewma_decay
+    weight = decay * agent.prox_weight + 1.0
+    prox = jax.tree.map(lambda e, p: e * (decay * agent.prox_weight / weight) + p / weight,
+                        agent.prox_params, agent.params)
+    return agent.replace(prox_params=prox, prox_weight=weight)
 
 
 def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple[State, dict]:
@@ -130,9 +231,19 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
             "value": values, "advantage": advantage, "target": target}
     data = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data)  # this device's transitions
     opt = optimizer(ctx)
+    behaviour = agent.params if c.objective in ("kl", "mdpo") else None
 
     def minibatch_step(agent: State, mb: dict) -> tuple[State, dict]:
-        params, opt_state, metrics = opt.step(ctx, agent.params, agent.opt_state, lambda p, b: loss(ctx, p, b), mb)
-        return State(params, opt_state), metrics
+        reference = agent.prox_params if c.ewma_decay else behaviour
+        loss_fn = lambda p, b: loss(ctx, p, b, reference, agent.kl_coef)  # noqa: E731
+        params, opt_state, metrics = opt.step(ctx, agent.params, agent.opt_state, loss_fn, mb)
+        agent = agent.replace(params=params, opt_state=opt_state)
+        return (ewma(ctx, agent) if c.ewma_decay else agent), metrics
 
-    return batching.epochs(minibatch_step, agent, data, key, c.update_epochs, c.num_minibatches)
+    agent, metrics = batching.epochs(minibatch_step, agent, data, key, c.update_epochs, c.num_minibatches)
+    if c.objective == "kl":  # adapt the coefficient to this update's KL[old, new]
+        new_pi = network(ctx).apply(agent.params, obs, method=ActorCritic.policy)
+        kl = ctx.mean(pi.kl_divergence(new_pi))
+        metrics = {**metrics, "kl_coef": agent.kl_coef, "update_kl": kl}
+        agent = agent.replace(kl_coef=losses.adapt_kl_coef(agent.kl_coef, kl, hp["kl_target"]))
+    return agent, metrics
