@@ -349,12 +349,35 @@ def pbt(config: Config, population: int, interval: int, explore: Mapping[str, An
     many ``devices`` (default ``jax.devices()``) as divide ``population``. Bad specs raise
     :class:`ConfigError` before anything is compiled.
     """
-    train = make_train(config)  # validates the config, builds the env: no compiling yet
+    t0 = time.perf_counter()
+    compiled, args, specs = compile_pbt(config, population, interval, explore, seeds, fitness, truncation,
+                                        resample_probability, exploit, devices, inputs)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state, (metrics, fit, hps, parents) = _gather(compiled(*args))
+    run_s = time.perf_counter() - t0
+    # metrics (seeds, generations, population, interval) -> (seeds, population, iterations)
+    metrics = {k: np.moveaxis(np.asarray(v), 2, 1).reshape(seeds, population, -1)[..., :config.num_iterations]
+               for k, v in metrics.items()}
+    return PBTResult(config, population, interval, specs, [config.seed + s for s in range(seeds)], metrics, state,
+                     {k: np.asarray(v) for k, v in hps.items()}, np.asarray(fit), np.asarray(parents),
+                     compile_s, run_s)
+
+
+def compile_pbt(config: Config, population: int, interval: int, explore: Mapping[str, Any], seeds: int = 1,
+                fitness: str | Callable[[Metrics], jax.Array] = "return", truncation: float = 0.25,
+                resample_probability: float = 0.25, exploit: bool = True,
+                devices: Sequence[jax.Device] | None = None, inputs: Any = None,
+                ) -> tuple[Callable, tuple, dict[str, Explore]]:
+    """:func:`pbt`'s checks and compiled program: ``(compiled, args, specs)``, where
+    ``compiled(*args)`` runs the whole PBT run and returns the final state and the per-generation
+    ``(metrics, fitness, hparams, parent)`` (for timing the program apart from compiling it)."""
+    config.validate()
     _check(config, population, interval, truncation, resample_probability, fitness, seeds)
     specs = parse_explore(config, explore, population)
+    train = make_train(config)  # builds the env, runs the algorithm's checks: still nothing compiled
     fitness_fn = fitness if callable(fitness) else {"return": mean_return, "eval": mean_eval_return}[fitness]
-    n_iters = config.num_iterations
-    generations = math.ceil(n_iters / interval)
+    generations = math.ceil(config.num_iterations / interval)
     chunk = functools.partial(train.run_chunk, length=interval)
     mesh = seed_mesh(population, devices)
     member_sharding = None if mesh is None else NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
@@ -384,21 +407,10 @@ def pbt(config: Config, population: int, interval: int, explore: Mapping[str, An
         (state, _, _), lineage = jax.lax.scan(generation, (state, hp, pbt_key), jnp.arange(generations))
         return jax.tree.map(_host_friendly, state), lineage
 
-    seed_values = [config.seed + s for s in range(seeds)]
+    seed_values = jnp.arange(config.seed, config.seed + seeds)
     member_keys = seed_keys(config.seed, seeds * population).reshape(seeds, population)
-    pbt_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0x9B7))(jnp.asarray(seed_values))
-    program = jax.jit(jax.vmap(one_population, in_axes=(0, 0, None)))
+    pbt_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0x9B7))(seed_values)
     if mesh is not None:
         member_keys = jax.device_put(member_keys, NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0])))
-    t0 = time.perf_counter()
-    compiled = program.lower(member_keys, pbt_keys, inputs).compile()
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    state, (metrics, fit, hps, parents) = _gather(compiled(member_keys, pbt_keys, inputs))
-    run_s = time.perf_counter() - t0
-    # metrics (seeds, generations, population, interval) -> (seeds, population, iterations)
-    metrics = {k: np.moveaxis(np.asarray(v), 2, 1).reshape(seeds, population, -1)[..., :n_iters]
-               for k, v in metrics.items()}
-    return PBTResult(config, population, interval, specs, seed_values, metrics, state,
-                     {k: np.asarray(v) for k, v in hps.items()}, np.asarray(fit), np.asarray(parents),
-                     compile_s, run_s)
+    args = (member_keys, pbt_keys, inputs)
+    return jax.jit(jax.vmap(one_population, in_axes=(0, 0, None))).lower(*args).compile(), args, specs
