@@ -360,7 +360,7 @@ def pbt(config: Config, population: int, interval: int, explore: Mapping[str, An
     metrics = {k: np.moveaxis(np.asarray(v), 2, 1).reshape(seeds, population, -1)[..., :config.num_iterations]
                for k, v in metrics.items()}
     return PBTResult(config, population, interval, specs, [config.seed + s for s in range(seeds)], metrics, state,
-                     {k: np.asarray(v) for k, v in hps.items()}, np.asarray(fit), np.asarray(parents),
+                     {k: np.asarray(hps[k]) for k in specs}, np.asarray(fit), np.asarray(parents),
                      compile_s, run_s)
 
 
