@@ -433,12 +433,17 @@ def _train(args: argparse.Namespace, config) -> int:
     return 0
 
 
+def _given_once(keys, overrides: list[str], option: str) -> None:
+    """Refuse a key given both as a config override and in ``option`` (--grid, --explore)."""
+    both = sorted(set(keys) & set(parse_overrides(overrides)))
+    if both:
+        raise ConfigError(f"{', '.join(both)}: given both as an override (key=value) and in {option}; give each key "
+                          "one way")
+
+
 def _sweep(args: argparse.Namespace, config) -> int:
     grid = parse_grid(args.grid)
-    both = sorted(set(grid) & set(parse_overrides(args.overrides)))
-    if both:
-        raise ConfigError(f"{', '.join(both)}: given both as an override (key=value) and in --grid; give each key "
-                          "one way")
+    _given_once(grid, args.overrides, "--grid")
     batch = args.batch_size
     if batch is not None and batch != "auto":
         try:
@@ -520,10 +525,7 @@ def parse_explore_items(items: list[str]) -> dict[str, dict]:
 
 def _pbt(args: argparse.Namespace, config) -> int:
     explore = parse_explore_items(args.explore)
-    both = sorted(set(explore) & set(parse_overrides(args.overrides)))
-    if both:
-        raise ConfigError(f"{', '.join(both)}: given both as an override (key=value) and in --explore; give each "
-                          "key one way")
+    _given_once(explore, args.overrides, "--explore")
     from jaxrl import plots
     from jaxrl.pbt import pbt
 

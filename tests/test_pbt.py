@@ -296,3 +296,10 @@ def test_cli_pbt_refuses_bad_explore_items(items, message, capsys):
 
     assert main(["pbt", "ppo_cartpole", "--interval", "2", "--explore", *items]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_pbt_refuses_a_key_both_overridden_and_explored(capsys):
+    from jaxrl.cli import main
+
+    assert main(["pbt", "ppo_cartpole", "lr=1e-3", "--interval", "2", "--explore", "lr=perturb:0.5:2"]) == 2
+    assert "given both as an override" in capsys.readouterr().err
