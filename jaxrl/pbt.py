@@ -56,7 +56,8 @@ class Explore:
     log-uniformly with ``log``) unless ``init`` gives them, where a resample draws from, and the
     bounds perturbed values are clipped to. ``perturb``: the factors a perturbation multiplies
     by (one drawn uniformly). ``init``: one initial value per member (default: sampled from
-    ``range``, or the config's value for every member without a range).
+    ``range``, or the config's value for every member without a range). Without a range a
+    value is not bounded: give one for a hyperparameter with limits (``gamma <= 1``).
     """
 
     range: tuple[float, float] | None = None
@@ -81,7 +82,7 @@ class PBTResult:
     population: int
     interval: int
     explore: dict[str, Explore]
-    seeds: list[int]  # the seed value of each population (its member m trains with seed + ... see pbt)
+    seeds: list[int]  # the seed value of each population (see pbt for its members' seeds)
     metrics: dict[str, np.ndarray]
     state: Any
     hparams: dict[str, np.ndarray]

@@ -303,3 +303,28 @@ def test_cli_pbt_refuses_a_key_both_overridden_and_explored(capsys):
 
     assert main(["pbt", "ppo_cartpole", "lr=1e-3", "--interval", "2", "--explore", "lr=perturb:0.5:2"]) == 2
     assert "given both as an override" in capsys.readouterr().err
+
+
+SHARDED = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_cpu_collective_call_terminate_timeout_seconds=20"
+import jax, numpy as np, jaxrl
+from jaxrl.pbt import pbt
+config = jaxrl.load_config("ppo_cartpole", total_steps=512 * 8)
+explore = {"lr": {"range": [1e-5, 1e-2], "log": True}}
+two = pbt(config, population=4, interval=3, explore=explore, seeds=2)
+one = pbt(config, population=4, interval=3, explore=explore, seeds=2, devices=jax.devices()[:1])
+assert len(jax.devices()) == 2 and (two.parent == one.parent).all() and two.replaced.any()
+np.testing.assert_allclose(two.hparams["lr"], one.hparams["lr"])
+np.testing.assert_allclose(two.metrics["loss"], one.metrics["loss"], rtol=1e-4, atol=1e-5)
+print("ok")
+"""
+
+
+@SLOW
+def test_population_sharded_over_two_devices_equals_one_device():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
