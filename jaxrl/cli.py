@@ -1,4 +1,4 @@
-"""The ``jaxrl`` command: train, eval, sweep, plot, bench and list.
+"""The ``jaxrl`` command: train, eval, sweep, pbt, plot, bench and list.
 
 Configs are checked before jax is even imported, so mistakes are reported in a fraction of a
 second, not after a compile.
@@ -149,6 +149,38 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs per batch of the compiled program: an integer or 'auto' (default: all at once)")
     w.add_argument("--out", default="runs", metavar="DIR", help="parent folder of the run folder (default ./runs)")
 
+    t = sub.add_parser(
+        "pbt", help="population-based training: a population exploits and explores in one compiled program",
+        description="Train --population members (x --seeds independent populations) as one compiled program. "
+        "Every --interval iterations the members are ranked by fitness; each of the bottom --truncation fraction "
+        "draws one of the top fraction and, if it is strictly fitter, takes its learner state (parameters, "
+        "optimizer, targets, buffers, normaliser statistics; its envs go on) and its hyperparameters, perturbed "
+        "by a factor or resampled from their range. Writes config.yaml, summary.json (final return per member, "
+        "the best member and its hyperparameters), lineage.csv (per generation and member: hyperparameters, "
+        "fitness, parent), metrics.npz (seeds x population x iterations) and population.png.",
+        epilog=EPILOG + "\n--explore items: NAME=PART[,PART...], each PART one of\n"
+        "  range:LOW:HIGH[:log]   initial values sampled from it, resamples drawn from it, values kept in it\n"
+        "  perturb:F1:F2...       factors a copied value is multiplied by (default perturb:0.8:1.25)\n"
+        "  init:V1:V2...          one initial value per member\n"
+        "Example: jaxrl pbt ppo_cartpole --population 8 --interval 10 --explore lr=range:1e-5:1e-2:log "
+        "ent_coef=perturb:0.5:2\n", formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("config", metavar="NAME_OR_PATH")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (before --explore)")
+    t.add_argument("--explore", nargs="+", required=True, metavar="NAME=SPEC",
+                   help="traced hyperparameters PBT explores, e.g. lr=range:1e-5:1e-2:log")
+    t.add_argument("--population", type=int, default=8, metavar="P", help="members per population (default 8)")
+    t.add_argument("--interval", type=int, required=True, metavar="K", help="iterations between exploit steps")
+    t.add_argument("--seeds", type=int, default=1, metavar="N", help="independent populations (default 1)")
+    t.add_argument("--truncation", type=float, default=0.25, metavar="F",
+                   help="fraction of the population replaced from the top fraction of the same size (default 0.25)")
+    t.add_argument("--resample-probability", type=float, default=0.25, metavar="Q",
+                   help="chance that a copied hyperparameter with a range is resampled, not perturbed (default 0.25)")
+    t.add_argument("--fitness", choices=("return", "eval"), default="return",
+                   help="rank by the interval's mean episode return, or by its in-loop evaluations (default return)")
+    t.add_argument("--no-exploit", action="store_true",
+                   help="train the same population with its initial hyperparameters fixed (the baseline)")
+    t.add_argument("--out", default="runs", metavar="DIR", help="parent folder of the run folder (default ./runs)")
+
     pl = sub.add_parser("plot", help="learning curves of run folders as a PNG",
                         description="Plot the IQM over seeds (with a 95%% bootstrap band) of a metric from "
                         "each run folder's metrics.jsonl, one line per run.")
@@ -159,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("list", help="list bundled configs, algorithms and environments")
 
-    for command in (p, b, w):  # the commands that compile a training program
+    for command in (p, b, w, t):  # the commands that compile a training program
         command.add_argument("--env", default=None, metavar="NAME|MODULE:FACTORY",
                              help="the environment: a registered name (see `jaxrl list`) or the import path "
                              "of your own env factory, e.g. my_envs:make_corridor (the current folder is "
@@ -174,15 +206,15 @@ def main(argv: list[str] | None = None) -> int:
                              f"on (default {default}); either way it is reported, with the iteration")
     args, extra = parser.parse_known_args(argv)
     stray = [x for x in extra if x.startswith("-") or "=" not in x]
-    if stray or (extra and args.command not in ("train", "sweep", "bench")):
+    if stray or (extra and args.command not in ("train", "sweep", "bench", "pbt")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:  # key=value overrides given after an option (argparse stops collecting them there)
         (args.configs if args.command == "bench" else args.overrides).extend(extra)
-    if args.command in ("train", "sweep", "bench") and args.env is not None:  # an override like any other
+    if args.command in ("train", "sweep", "bench", "pbt") and args.env is not None:  # an override like any other
         target = args.configs if args.command == "bench" else args.overrides
         target.append(f"env={json.dumps(args.env)}")  # quoted: YAML reads it back as this string
     warnings.simplefilter("ignore", RoundingWarning)  # printed as a note below instead
-    if args.command in ("train", "sweep", "bench"):  # seeds side by side, one share per CPU core
+    if args.command in ("train", "sweep", "bench", "pbt"):  # seeds side by side, one share per CPU core
         from jaxrl.parallel import use_cpu_cores
 
         use_cpu_cores()
@@ -207,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         enable_compilation_cache(enabled=not args.no_compile_cache)
         if args.command == "train":
             return _train(args, config)
+        if args.command == "pbt":
+            return _pbt(args, config)
         return _sweep(args, config)
     except ConfigError as err:
         print(f"jaxrl: error: {err}", file=sys.stderr)
@@ -405,12 +439,17 @@ def _train(args: argparse.Namespace, config) -> int:
     return 0
 
 
+def _given_once(keys, overrides: list[str], option: str) -> None:
+    """Refuse a key given both as a config override and in ``option`` (--grid, --explore)."""
+    both = sorted(set(keys) & set(parse_overrides(overrides)))
+    if both:
+        raise ConfigError(f"{', '.join(both)}: given both as an override (key=value) and in {option}; give each key "
+                          "one way")
+
+
 def _sweep(args: argparse.Namespace, config) -> int:
     grid = parse_grid(args.grid)
-    both = sorted(set(grid) & set(parse_overrides(args.overrides)))
-    if both:
-        raise ConfigError(f"{', '.join(both)}: given both as an override (key=value) and in --grid; give each key "
-                          "one way")
+    _given_once(grid, args.overrides, "--grid")
     batch = args.batch_size
     if batch is not None and batch != "auto":
         try:
@@ -459,6 +498,89 @@ def _sweep(args: argparse.Namespace, config) -> int:
         print(f"stopped on divergence (--on-divergence stop): {len(result.settings)} of {planned} settings ran",
               file=sys.stderr)
         return 3
+    return 0
+
+
+def parse_explore_items(items: list[str]) -> dict[str, dict]:
+    """``["lr=range:1e-5:1e-2:log", "ent_coef=perturb:0.5:2"]`` -> PBT's explore specs
+    (``{"lr": {"range": [1e-5, 1e-2], "log": True}, ...}``); a malformed item is a ConfigError
+    quoting it. The values are checked against the config by :func:`jaxrl.pbt.parse_explore`."""
+    specs: dict[str, dict] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name or not text:
+            raise ConfigError(f"--explore item {item!r} is not of the form NAME=PART[,PART...] "
+                              f"(e.g. lr=range:1e-5:1e-2:log)")
+        if name in specs:
+            raise ConfigError(f"--explore gives {name!r} twice")
+        spec: dict = {}
+        for part in text.split(","):
+            kind, *values = part.split(":")
+            if kind not in ("range", "perturb", "init") or kind in spec:
+                raise ConfigError(f"--explore item {item!r}: {part!r} is not range:LOW:HIGH[:log], "
+                                  f"perturb:F1:F2... or init:V1:V2... (each at most once)")
+            if kind == "range" and values[-1:] == ["log"]:
+                values, spec["log"] = values[:-1], True
+            try:
+                spec[kind] = [float(v) for v in values]
+            except ValueError:
+                raise ConfigError(f"--explore item {item!r}: {part!r} holds a value that is not a number") from None
+        specs[name] = spec
+    return specs
+
+
+def _pbt(args: argparse.Namespace, config) -> int:
+    explore = parse_explore_items(args.explore)
+    _given_once(explore, args.overrides, "--explore")
+    from jaxrl import plots
+    from jaxrl.pbt import pbt
+
+    name = Path(args.config).stem
+    print(f"jaxrl pbt {name}: {config.algo} on {config.env}, {args.seeds} population(s) of {args.population}, "
+          f"exploit every {args.interval} iterations{' (off: --no-exploit)' if args.no_exploit else ''}, "
+          f"explore {explore}", flush=True)
+    with counting() as cache:
+        result = pbt(config, population=args.population, interval=args.interval, explore=explore, seeds=args.seeds,
+                     fitness=args.fitness, truncation=args.truncation,
+                     resample_probability=args.resample_probability, exploit=not args.no_exploit)
+    run_dir = Path(args.out) / f"pbt-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    import pandas as pd
+
+    pd.DataFrame(list(result.rows())).to_csv(run_dir / "lineage.csv", index=False)
+    np.savez_compressed(run_dir / "metrics.npz", **result.metrics)
+    final = result.final_return()
+    best = [int(np.nanargmax(row)) if np.isfinite(row).any() else None for row in final]
+    last = {k: v[:, -1] for k, v in result.hparams.items()}  # what each member trained with at the end
+    summary = {"config": name, "algo": config.algo, "env": config.env, "population": args.population,
+               "interval": args.interval, "seeds": result.seeds, "explore": explore, "fitness": args.fitness,
+               "truncation": args.truncation, "resample_probability": args.resample_probability,
+               "exploit": not args.no_exploit, "generations": result.generations,
+               "final_return": [[None if np.isnan(x) else float(x) for x in row] for row in final],
+               "final_return_median": [None if np.isnan(row).all() else float(np.nanmedian(row)) for row in final],
+               "best_member": best,
+               "best_hparams": [None if b is None else {k: float(v[s, b]) for k, v in last.items()}
+                                for s, b in enumerate(best)],
+               "final_hparams": {k: v.tolist() for k, v in last.items()},
+               "replaced": int(result.replaced.sum()),
+               "diverged_at": [[None if d < 0 else int(d) for d in row] for row in np.asarray(result.state.diverged_at)],
+               "compile_seconds": round(result.compile_seconds, 3), "run_seconds": round(result.run_seconds, 3)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    ends = np.minimum(np.arange(1, result.generations + 1) * args.interval, config.num_iterations)
+    log = [k for k, spec in result.explore.items() if spec.log]
+    figure = plots.population({k: v[0] for k, v in result.hparams.items()}, ends,
+                              result.metrics["episode_return"][0], result.metrics["episodes"][0], log=log)
+    plots.save(figure, run_dir / "population.png", close=True)
+    print(f"{'member':>6} {'final return':>13}  final hyperparameters" + ("  (population of seed "
+          f"{result.seeds[0]})" if args.seeds > 1 else ""))
+    for m in range(args.population):
+        values = ", ".join(f"{k}={v[0, m]:.4g}" for k, v in last.items())
+        print(f"{m:>6} {final[0, m]:>13.2f}  {values}" + ("  <- best" if best[0] == m else ""))
+    print(f"median final return per population: {summary['final_return_median']}; "
+          f"{summary['replaced']} replacements over {result.generations} generations")
+    print(f"compile {result.compile_seconds:.1f} s" + (f" ({cache.note})" if cache.note else "")
+          + f", run {result.run_seconds:.1f} s -> {run_dir}")
     return 0
 
 

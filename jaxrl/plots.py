@@ -255,3 +255,50 @@ def save(fig: Figure, path: str | os.PathLike[str], dpi: int = 150, close: bool 
     if close:
         pyplot().close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------- population-based training
+
+
+def population(
+    hparams: Mapping[str, Any],
+    ends: Sequence[int],
+    returns: Any,
+    episodes: Any | None = None,
+    log: Sequence[str] = (),
+    smooth: int = 10,
+) -> Figure:
+    """A PBT population over training: one panel per hyperparameter with each member's value
+    as a step line (its schedule, as exploit/explore changed it), and a panel of each member's
+    episode return.
+
+    ``hparams[name]`` is ``(generations, members)``: the value each member trained with during
+    each generation, which ended at iteration ``ends[g]`` (exclusive). ``returns`` and
+    ``episodes`` are ``(members, iterations)`` per-iteration metrics, smoothed over a trailing
+    window of ``smooth`` iterations as in :func:`learning_curves`. Names in ``log`` get a log axis.
+    """
+    if not hparams:
+        raise ValueError("hparams is empty: need at least one hyperparameter schedule")
+    returns = np.atleast_2d(np.asarray(returns, dtype=np.float64))
+    if episodes is not None:
+        episodes = np.atleast_2d(np.asarray(episodes, dtype=np.float64))
+    ends = np.asarray(ends)
+    fig, axes = pyplot().subplots(len(hparams) + 1, 1, figsize=(7, 2.2 * (len(hparams) + 1)), sharex=True,
+                                  squeeze=False)
+    axes = list(axes[:, 0])
+    colors = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    starts = np.concatenate([[0], ends[:-1]])
+    for ax, (name, values) in zip(axes, hparams.items()):
+        values = np.asarray(values, dtype=np.float64)
+        for m in range(values.shape[1]):  # the last value is repeated so the final step has a width
+            ax.step(np.append(starts, ends[-1]), np.append(values[:, m], values[-1, m]), where="post",
+                    color=colors[m % len(colors)], alpha=0.7, linewidth=1)
+        ax.set_ylabel(name)
+        if name in log:
+            ax.set_yscale("log")
+    curves = _smoothed_returns(returns, episodes, int(smooth))
+    for m, curve in enumerate(curves):
+        axes[-1].plot(np.arange(curve.shape[-1]), curve, color=colors[m % len(colors)], alpha=0.7, linewidth=1)
+    axes[-1].set_ylabel("episode return")
+    axes[-1].set_xlabel("iteration")
+    return fig
