@@ -504,7 +504,7 @@ def _sweep(args: argparse.Namespace, config) -> int:
 def parse_explore_items(items: list[str]) -> dict[str, dict]:
     """``["lr=range:1e-5:1e-2:log", "ent_coef=perturb:0.5:2"]`` -> PBT's explore specs
     (``{"lr": {"range": [1e-5, 1e-2], "log": True}, ...}``); a malformed item is a ConfigError
-    quoting it. The values are checked against the config by :func:`jaxrl.pbt.parse_explore`."""
+    quoting it. The values are checked against the config by :func:`jaxrl.population.parse_explore`."""
     specs: dict[str, dict] = {}
     for item in items:
         name, sep, text = item.partition("=")
@@ -533,7 +533,7 @@ def _pbt(args: argparse.Namespace, config) -> int:
     explore = parse_explore_items(args.explore)
     _given_once(explore, args.overrides, "--explore")
     from jaxrl import plots
-    from jaxrl.pbt import pbt
+    from jaxrl.population import pbt
 
     name = Path(args.config).stem
     print(f"jaxrl pbt {name}: {config.algo} on {config.env}, {args.seeds} population(s) of {args.population}, "

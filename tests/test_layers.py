@@ -18,7 +18,7 @@ LAYERS = {
     "jaxrl.algos": 4,  # one module per family
     # programs built over train
     "jaxrl.loop": 5, "jaxrl.rollout": 5, "jaxrl.evaluate": 5, "jaxrl.sweeps": 5, "jaxrl.parallel": 5,
-    "jaxrl.pbt": 5, "jaxrl.hpo": 5, "jaxrl.meta": 5,
+    "jaxrl.population": 5, "jaxrl.hpo": 5, "jaxrl.meta": 5,
     # host side
     "jaxrl.runner": 6, "jaxrl.checkpoint": 6, "jaxrl.runs": 6, "jaxrl.loggers": 6, "jaxrl.stats": 6,
     "jaxrl.plots": 6, "jaxrl.bench": 6, "jaxrl.cli": 6, "jaxrl.compile_cache": 6,

@@ -12,7 +12,7 @@ import jaxrl
 from jaxrl.config import ConfigError
 from jaxrl.loop import TrainState
 from jaxrl.normalize import RewardScaler, RunningStats
-from jaxrl.pbt import Explore, copy_count, exploit_explore, mean_return, pbt
+from jaxrl.population import Explore, copy_count, exploit_explore, mean_return, pbt
 
 SLOW = pytest.mark.slow
 
@@ -309,7 +309,7 @@ SHARDED = """
 import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_cpu_collective_call_terminate_timeout_seconds=20"
 import jax, numpy as np, jaxrl
-from jaxrl.pbt import pbt
+from jaxrl.population import pbt
 config = jaxrl.load_config("ppo_cartpole", total_steps=512 * 8)
 explore = {"lr": {"range": [1e-5, 1e-2], "log": True}}
 two = pbt(config, population=4, interval=3, explore=explore, seeds=2)

@@ -16,7 +16,7 @@ counters), the observation statistics and the reward scaler's return statistics 
 were trained on inputs normalised with them), and ``diverged_at`` (it describes the learner
 state, so a diverged member that copies a healthy one is healthy again). What it keeps: the env
 side (its envs' states, last observations and the agent's per-env carry: the episodes in flight
-go on, as the issue asks), the reward scaler's per-env running returns (they belong to those
+go on), the reward scaler's per-env running returns (they belong to those
 episodes), its PRNG key (so a copy does not replay its parent's random stream) and the
 iteration counter (equal across the population anyway).
 """
