@@ -151,7 +151,7 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
     from jax.sharding import NamedSharding, PartitionSpec
 
     from jaxrl.compile_cache import counting
-    from jaxrl.loop import make_train, seed_keys
+    from jaxrl.loop import compiler_options, make_train, seed_keys
     from jaxrl.metrics import final_return
     from jaxrl.parallel import seed_mesh
     from jaxrl.sweeps import free_memory
@@ -171,9 +171,9 @@ def benchmark(config: Config, seed_counts: Sequence[int], repeats: int = 2, *,
     for n in counts:
         mesh = seed_mesh(n)  # several devices (e.g. one per CPU core): each runs a share of the seeds
         if n == 1:
-            fn, keys = jax.jit(train), jax.random.key(config.seed)
+            fn, keys = jax.jit(train, compiler_options=compiler_options()), jax.random.key(config.seed)
         else:
-            fn, keys = jax.jit(jax.vmap(train)), seed_keys(config.seed, n)
+            fn, keys = jax.jit(jax.vmap(train), compiler_options=compiler_options()), seed_keys(config.seed, n)
             if mesh is not None:
                 keys = jax.device_put(keys, NamedSharding(mesh, PartitionSpec("seeds")))
         try:
@@ -244,13 +244,14 @@ def _baseline(config: Config, seeds: int, keys: Any, train_seconds: float, repea
     ``env`` (the env-only run), ``acting`` (what acting adds) and ``learning`` (the rest)."""
     import jax
 
-    from jaxrl.loop import make_train
+    from jaxrl.loop import compiler_options, make_train
 
     steps = seeds * config.num_iterations * config.steps_per_iteration
     seconds = {}
     for phases in ("env", "act"):
         train = make_train(config, phases=phases)
-        program = (jax.jit(train) if seeds == 1 else jax.jit(jax.vmap(train))).lower(keys).compile()
+        program = jax.jit(train if seeds == 1 else jax.vmap(train), compiler_options=compiler_options())
+        program = program.lower(keys).compile()
         seconds[phases] = min(_timed_runs(program, keys, repeats)[0])
     env_s, act_s = seconds["env"], max(seconds["act"], seconds["env"])
     return {

@@ -21,6 +21,7 @@ counts and schedules count every device's steps.
 from __future__ import annotations
 
 import functools
+import os
 import types
 import warnings
 from typing import Any
@@ -337,3 +338,20 @@ def seed_keys(seed: int, num_seeds: int) -> jax.Array:
     """Keys for seeds ``seed, seed+1, ...``: run ``i`` of a vmapped batch equals a single run
     with ``jax.random.key(seed + i)``."""
     return jax.vmap(jax.random.key)(jnp.arange(seed, seed + num_seeds))
+
+
+# XLA's CPU backend compiles with LLVM at its default optimisation level; at level 1 jaxrl's
+# programs compile 10-40% faster (PPO CartPole 16 seeds: 7.1 s against 11.3 s) and run as fast
+# (their time is in matrix products, run by XLA's runtime, and in small fused loops): measured
+# per algorithm in the README's Speed section.
+CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def compiler_options(platform: str | None = None) -> dict[str, Any]:
+    """The XLA options jaxrl compiles its programs with on ``platform`` (default: JAX's default
+    backend): :data:`CPU_COMPILER_OPTIONS` on a CPU, none elsewhere. Pass them to your own
+    ``jax.jit(train, compiler_options=jaxrl.compiler_options())`` for the same programs as the
+    command line; ``JAXRL_XLA_DEFAULTS=1`` turns them off."""
+    if os.environ.get("JAXRL_XLA_DEFAULTS") == "1":
+        return {}
+    return dict(CPU_COMPILER_OPTIONS) if (platform or jax.default_backend()) == "cpu" else {}

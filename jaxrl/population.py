@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxrl.config import Config, ConfigError, suggest
 from jaxrl.core import Metrics
-from jaxrl.loop import TrainState, make_train, seed_keys
+from jaxrl.loop import TrainState, compiler_options, make_train, seed_keys
 from jaxrl.metrics import FINAL_EPISODES, final_return
 from jaxrl.parallel import seed_mesh
 from jaxrl.sweeps import _gather, _host_friendly
@@ -414,4 +414,5 @@ def compile_pbt(config: Config, population: int, interval: int, explore: Mapping
     if mesh is not None:
         member_keys = jax.device_put(member_keys, NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0])))
     args = (member_keys, pbt_keys, inputs)
-    return jax.jit(jax.vmap(one_population, in_axes=(0, 0, None))).lower(*args).compile(), args, specs
+    program = jax.jit(jax.vmap(one_population, in_axes=(0, 0, None)), compiler_options=compiler_options())
+    return program.lower(*args).compile(), args, specs

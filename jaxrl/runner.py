@@ -29,7 +29,7 @@ from jaxrl import metrics as M
 from jaxrl.compile_cache import counting, describe
 from jaxrl.config import Config
 from jaxrl.config import ON_DIVERGENCE
-from jaxrl.loop import DivergenceWarning, TrainState, divergence_note, make_train, seed_keys
+from jaxrl.loop import DivergenceWarning, TrainState, compiler_options, divergence_note, make_train, seed_keys
 from jaxrl.parallel import DataParallel, seed_mesh
 
 
@@ -238,13 +238,15 @@ def train_seeds(
                 seeded, shared = NamedSharding(mesh, PartitionSpec("seeds")), NamedSharding(mesh, PartitionSpec())
                 init_shardings = dict(in_shardings=(seeded, shared, shared), out_shardings=seeded)
                 chunk_shardings = dict(in_shardings=(seeded, shared, shared, shared), out_shardings=(seeded, seeded))
-            init = jax.jit(jax.vmap(train.init, in_axes=(0, None, None)), **init_shardings)
+            init = jax.jit(jax.vmap(train.init, in_axes=(0, None, None)), **init_shardings,
+                           compiler_options=compiler_options())
             init = init.lower(keys, hparams, inputs).compile()
             # a restored state goes where a fresh one would be (data parallel: sharded over the mesh)
             state = (init(keys, hparams, inputs) if restored is None
                      else jax.device_put(restored.state, init.output_shardings))
             run_chunk = functools.partial(train.run_chunk, length=chunk_size)
-            chunk = jax.jit(jax.vmap(run_chunk, in_axes=(0, None, None, None)), **chunk_shardings)
+            chunk = jax.jit(jax.vmap(run_chunk, in_axes=(0, None, None, None)), **chunk_shardings,
+                            compiler_options=compiler_options())
             chunk = chunk.lower(state, hparams, jnp.int32(0), inputs).compile()
             jax.block_until_ready(state)
         compile_seconds = time.perf_counter() - start

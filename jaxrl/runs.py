@@ -26,7 +26,7 @@ from jaxrl.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
 from jaxrl.config import Config, ConfigError, build
 from jaxrl.core import Context, Spec
 from jaxrl.evaluate import make_play
-from jaxrl.loop import TrainState, make_train, seed_keys
+from jaxrl.loop import TrainState, compiler_options, make_train, seed_keys
 
 
 def abstract_state(config: Config, num_seeds: int, hparams: dict | None = None) -> Any:
@@ -132,7 +132,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 16, deterministic: bool
     play_seeds = jax.vmap(play_seed, in_axes=(0, None, None))  # (seeds, episodes)
     if points is not None:  # (points, seeds, episodes): every point plays from the same initial keys
         play_seeds = jax.vmap(play_seeds, in_axes=(None, None, 0))
-    out = jax.device_get(jax.jit(play_seeds)(chosen, jax.random.key(key), points))
+    out = jax.device_get(jax.jit(play_seeds, compiler_options=compiler_options())(chosen, jax.random.key(key), points))
     returns = np.where(out.finished, out.returns, np.nan)
     lengths = np.where(out.finished, out.lengths, np.nan)
     iteration = int(np.asarray(state.iteration).reshape(-1)[0])

@@ -31,8 +31,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrl.config import ON_DIVERGENCE, Config, ConfigError, suggest
-from jaxrl.loop import (ENV_PREFIX, DivergenceWarning, env_param_values, hparam_dtype, make_env, make_train,
-                        seed_keys)
+from jaxrl.loop import (ENV_PREFIX, DivergenceWarning, compiler_options, env_param_values, hparam_dtype, make_env,
+                        make_train, seed_keys)
 from jaxrl.metrics import FINAL_EPISODES, final_return
 
 
@@ -347,7 +347,8 @@ def _run(config: Config, hp: dict[str, np.ndarray], n_settings: int, seeds: int,
 
     replicated = NamedSharding(mesh, PartitionSpec())
     inputs = jax.tree.map(lambda x: _global_array(np.asarray(x), replicated), inputs)  # once per device
-    program = jax.jit(run_batch, in_shardings=(sharding, sharding, replicated), out_shardings=sharding)
+    program = jax.jit(run_batch, in_shardings=(sharding, sharding, replicated), out_shardings=sharding,
+                      compiler_options=compiler_options())
     if batch_size == "auto":
         batch_size = _auto_batch_size(program, keys, flat_hp, inputs, sharding, len(devices))
     per_batch = min(batch_size or total, total)
