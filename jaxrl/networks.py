@@ -219,7 +219,19 @@ class ActorCritic(nn.Module):
         return self.critic_out(self.critic(obs))[..., 0]
 
 
-class QNetwork(nn.Module):
+class _ActionValues(nn.Module):
+    """Fields shared by the networks of action values (:class:`QNetwork`,
+    :class:`ImplicitQuantileNetwork`)."""
+
+    num_actions: int
+    hidden: Sequence[int]
+    activation: str = "relu"
+    dueling: bool = False
+    obs_shape: tuple[int, ...] = ()
+    layer_norm: bool = False
+
+
+class QNetwork(_ActionValues):
     """Action values Q(s, ·) for discrete actions, shape (..., num_actions); ``dueling`` splits
     them into V + (A - mean A).
 
@@ -228,12 +240,6 @@ class QNetwork(nn.Module):
     by atom, as in Rainbow.
     """
 
-    num_actions: int
-    hidden: Sequence[int]
-    activation: str = "relu"
-    dueling: bool = False
-    obs_shape: tuple[int, ...] = ()
-    layer_norm: bool = False
     num_atoms: int | None = None
 
     def __post_init__(self) -> None:
@@ -273,7 +279,7 @@ class CosineEmbedding(nn.Module):
         return nn.relu(dense(self.features)(cosines))
 
 
-class ImplicitQuantileNetwork(nn.Module):
+class ImplicitQuantileNetwork(_ActionValues):
     """IQN's quantile function Z_tau(s, a): ``(obs (..., *obs_shape), taus (..., K))`` ->
     ``(..., num_actions, K)``, the ``taus`` quantiles of every action's return.
 
@@ -283,12 +289,6 @@ class ImplicitQuantileNetwork(nn.Module):
     state feature.
     """
 
-    num_actions: int
-    hidden: Sequence[int]
-    activation: str = "relu"
-    dueling: bool = False
-    obs_shape: tuple[int, ...] = ()
-    layer_norm: bool = False
     num_cosines: int = 64
 
     def __post_init__(self) -> None:
