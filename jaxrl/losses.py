@@ -134,13 +134,15 @@ def td_error_loss(error: jax.Array, huber: bool = False) -> jax.Array:
 def quantile_huber(quantiles: jax.Array, targets: jax.Array, taus: jax.Array, kappa: float = 1.0) -> jax.Array:
     """Quantile regression loss (QR-DQN, IQN, TQC), per item.
 
-    ``quantiles (..., M)`` estimate the ``taus (M,)`` quantiles of a return distribution,
-    ``targets (..., K)`` are samples of the target distribution. The loss of one item is
+    ``quantiles (..., M)`` estimate the ``taus`` quantiles of a return distribution (``(M,)``
+    for the same fractions in every item, as QR-DQN's; ``(..., M)`` for each item's own, as IQN's
+    sampled ones); ``targets (..., K)`` are samples of the target distribution. The loss of one
+    item is
     ``sum_i mean_j |tau_i - 1{u_ij < 0}| * huber_kappa(u_ij) / kappa`` with ``u_ij = t_j - q_i``
     (``kappa = 0``: the plain quantile (pinball) loss).
     """
     u = targets[..., None, :] - quantiles[..., :, None]  # (..., M, K)
-    weight = jnp.abs(taus[:, None] - (u < 0).astype(u.dtype))
+    weight = jnp.abs(taus[..., :, None] - (u < 0).astype(u.dtype))
     if kappa == 0:
         return (weight * jnp.abs(u)).mean(-1).sum(-1)
     huber = optax.huber_loss(u, delta=kappa) / kappa
@@ -153,3 +155,55 @@ def temperature_loss(log_alpha: jax.Array, entropy: jax.Array, target_entropy: j
     ``entropy`` is the per-item estimate (``-log pi(a|s)`` of sampled actions, or the exact
     entropy of a discrete policy) and is not differentiated."""
     return (log_alpha * jax.lax.stop_gradient(entropy - target_entropy)).mean()
+
+
+def categorical_support(v_min: float, v_max: float, num_atoms: int) -> jax.Array:
+    """C51's fixed support: ``num_atoms`` evenly spaced returns from ``v_min`` to ``v_max``."""
+    return jnp.linspace(v_min, v_max, num_atoms, dtype=jnp.float32)
+
+
+def categorical_projection(probs: jax.Array, reward: jax.Array, discount: jax.Array, v_min: float,
+                           v_max: float) -> jax.Array:
+    """The distribution of ``reward + discount * Z`` projected onto the support (C51, Bellemare et
+    al., 2017, Algorithm 1).
+
+    ``probs (..., N)`` are the probabilities of ``Z`` on :func:`categorical_support` (``N``
+    atoms), ``reward`` and ``discount`` ``(...)``: ``discount = 0`` (a terminal transition) puts
+    all the mass at ``reward``. Each shifted atom ``r + discount * z_j`` is clipped to
+    ``[v_min, v_max]``, then its mass is shared between the two support atoms around it in
+    proportion to closeness: support atom ``i`` receives ``p_j * max(0, 1 - |Tz_j - z_i| / dz)``
+    (all of it when ``Tz_j`` lands on ``z_i``). Returns ``(..., N)`` probabilities, summing to 1.
+    """
+    support = categorical_support(v_min, v_max, probs.shape[-1])
+    spacing = (v_max - v_min) / (probs.shape[-1] - 1)
+    shifted = jnp.clip(reward[..., None] + discount[..., None] * support, v_min, v_max)  # (..., N)
+    share = jnp.clip(1.0 - jnp.abs(shifted[..., None, :] - support[:, None]) / spacing, 0.0, 1.0)  # (..., N_to, N_from)
+    return (share * probs[..., None, :]).sum(-1)
+
+
+def categorical_cross_entropy(logits: jax.Array, target_probs: jax.Array) -> jax.Array:
+    """Per item: ``-sum_i target_i * log softmax(logits)_i`` over the last axis (C51's loss, the KL
+    divergence from the target up to the target's entropy, which has no gradient)."""
+    return -(target_probs * jax.nn.log_softmax(logits)).sum(-1)
+
+
+def munchausen_target(q_obs: jax.Array, q_next: jax.Array, action: jax.Array, reward: jax.Array,
+                      discount: jax.Array, alpha: jax.Array | float, entropy_tau: jax.Array | float,
+                      log_policy_clip: jax.Array | float) -> jax.Array:
+    """Munchausen-DQN's regression target (Vieillard, Pietquin and Geist, 2020, "Munchausen
+    Reinforcement Learning", eq. of M-DQN), per item:
+
+    ``r + alpha * clip(tau * log pi(a|s), l0, 0) + discount * sum_a' pi(a'|s') (q(s', a') - tau * log pi(a'|s'))``
+
+    with ``pi = softmax(q / tau)`` the target network's policy at temperature ``entropy_tau``
+    (``tau``), ``l0 = log_policy_clip`` (<= 0) and ``q_obs``, ``q_next`` the target network's
+    action values ``(B, actions)`` at ``s`` and ``s'``; ``action (B,)`` is the action taken. The
+    first term is the scaled log-policy bonus (it penalises actions the policy finds unlikely,
+    an implicit KL regularisation), the last the soft value of ``s'``. ``tau * log pi`` is
+    ``tau * log_softmax(q / tau)``, stable for small ``tau``.
+    """
+    tau_log_pi = entropy_tau * jax.nn.log_softmax(q_obs / entropy_tau)
+    bonus = jnp.take_along_axis(tau_log_pi, action[:, None], -1)[:, 0]
+    tau_log_pi_next = entropy_tau * jax.nn.log_softmax(q_next / entropy_tau)
+    soft_value = (jax.nn.softmax(q_next / entropy_tau) * (q_next - tau_log_pi_next)).sum(-1)
+    return reward + alpha * jnp.clip(bonus, log_policy_clip, 0.0) + discount * soft_value

@@ -7,7 +7,8 @@ network's params with all those random matrices drawn in one call, ensembles inc
 
 Top to bottom: init machinery (:class:`Orthogonal`, :func:`dense`, :func:`init`,
 :func:`ensemble`), the torso (:class:`MLP`), then heads: on-policy :class:`ActorCritic`, DQN's
-:class:`QNetwork`, and the off-policy actor-critic family's critics (:class:`QCritic`,
+:class:`QNetwork` (scalar or distributional, via :func:`action_head`) and IQN's
+:class:`ImplicitQuantileNetwork` (:class:`CosineEmbedding`, :func:`distort`), and the off-policy actor-critic family's critics (:class:`QCritic`,
 :class:`QCriticEnsemble`, :class:`DiscreteCriticEnsemble`) and actors
 (:class:`DeterministicActor`, :class:`TanhGaussianActor` with :class:`TanhGaussian`,
 :class:`CategoricalActor`).
@@ -218,9 +219,9 @@ class ActorCritic(nn.Module):
         return self.critic_out(self.critic(obs))[..., 0]
 
 
-class QNetwork(nn.Module):
-    """Action values Q(s, ·) for discrete actions, shape (..., num_actions); ``dueling`` splits
-    them into V + (A - mean A)."""
+class _ActionValues(nn.Module):
+    """Fields shared by the networks of action values (:class:`QNetwork`,
+    :class:`ImplicitQuantileNetwork`)."""
 
     num_actions: int
     hidden: Sequence[int]
@@ -229,14 +230,97 @@ class QNetwork(nn.Module):
     obs_shape: tuple[int, ...] = ()
     layer_norm: bool = False
 
+
+class QNetwork(_ActionValues):
+    """Action values Q(s, ·) for discrete actions, shape (..., num_actions); ``dueling`` splits
+    them into V + (A - mean A).
+
+    With ``num_atoms`` set, a distributional head: (..., num_actions, num_atoms) outputs per
+    action (C51's logits over a fixed support, or QR-DQN's quantiles); dueling then applies atom
+    by atom, as in Rainbow.
+    """
+
+    num_atoms: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive("num_atoms", self.num_atoms, optional=True)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         x = MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm)(obs)
-        if not self.dueling:
-            return dense(self.num_actions, 1.0)(x)
-        advantage = dense(self.num_actions, 1.0)(x)
-        value = dense(1, 1.0)(x)
-        return value + advantage - advantage.mean(axis=-1, keepdims=True)
+        return action_head(x, self.num_actions, self.dueling, self.num_atoms)
+
+
+def action_head(x: jax.Array, num_actions: int, dueling: bool, num_atoms: int | None = None) -> jax.Array:
+    """Dense outputs per action from features ``x (..., features)`` (call inside a compact
+    module): (..., num_actions), or (..., num_actions, num_atoms) with ``num_atoms``; ``dueling``
+    computes them as V + (A - mean over actions of A)."""
+    atoms = num_atoms or 1
+    shape = x.shape[:-1] + ((num_actions, atoms) if num_atoms else (num_actions,))
+    if not dueling:
+        return dense(num_actions * atoms, 1.0)(x).reshape(shape)
+    advantage = dense(num_actions * atoms, 1.0)(x).reshape(x.shape[:-1] + (num_actions, atoms))
+    value = dense(atoms, 1.0)(x)[..., None, :]
+    return (value + advantage - advantage.mean(axis=-2, keepdims=True)).reshape(shape)
+
+
+class CosineEmbedding(nn.Module):
+    """IQN's embedding of quantile fractions (Dabney et al., 2018, "Implicit Quantile Networks for
+    Distributional Reinforcement Learning", eq. 4): ``taus (...)`` -> ``(..., features)`` with
+    ``phi_j(tau) = ReLU(sum_{i<n} cos(pi i tau) w_ij + b_j)``, ``n = num_cosines``."""
+
+    num_cosines: int
+    features: int
+
+    @nn.compact
+    def __call__(self, taus: jax.Array) -> jax.Array:
+        cosines = jnp.cos(jnp.pi * jnp.arange(self.num_cosines, dtype=taus.dtype) * taus[..., None])
+        return nn.relu(dense(self.features)(cosines))
+
+
+class ImplicitQuantileNetwork(_ActionValues):
+    """IQN's quantile function Z_tau(s, a): ``(obs (..., *obs_shape), taus (..., K))`` ->
+    ``(..., num_actions, K)``, the ``taus`` quantiles of every action's return.
+
+    The hidden layers but the last give state features; they are multiplied elementwise by the
+    :class:`CosineEmbedding` of each tau, then go through the last hidden layer and the
+    (optionally dueling) action head. With one hidden layer the flattened observation is the
+    state feature.
+    """
+
+    num_cosines: int = 64
+
+    def __post_init__(self) -> None:
+        _check_positive("num_cosines", self.num_cosines)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, taus: jax.Array) -> jax.Array:
+        *torso, last = self.hidden
+        x = MLP(torso, self.activation, self.obs_shape, self.layer_norm)(obs) if torso else flatten_obs(obs, self.obs_shape)
+        x = x[..., None, :] * CosineEmbedding(self.num_cosines, x.shape[-1])(taus)  # (..., K, features)
+        x = MLP((last,), self.activation, (x.shape[-1],), self.layer_norm)(x)
+        return jnp.swapaxes(action_head(x, self.num_actions, self.dueling), -1, -2)
+
+
+RISKS = ("neutral", "cvar", "wang")  # distortions of IQN's sampled quantile fractions
+
+
+def distort(taus: jax.Array, risk: str, eta: jax.Array | float) -> jax.Array:
+    """Quantile fractions ``taus`` in [0, 1] distorted for a risk-sensitive policy (IQN, Dabney et
+    al., 2018, section 3.1): the mean of the quantiles at ``distort(tau)``, tau ~ U[0, 1], is the
+    distorted expectation the policy maximises. ``neutral``: unchanged (the expected return);
+    ``cvar``: ``eta * tau``, the mean of the worst ``eta`` fraction of returns (CVaR(eta), 0 < eta
+    <= 1); ``wang``: ``Phi(Phi^-1(tau) + eta)``, Wang (2000)'s distortion (eta < 0 risk-averse,
+    > 0 risk-seeking)."""
+    if risk == "neutral":
+        return taus
+    if risk == "cvar":
+        return eta * taus
+    if risk == "wang":
+        return jax.scipy.stats.norm.cdf(jax.scipy.stats.norm.ppf(taus) + eta)
+    raise ValueError(f"risk must be one of {', '.join(RISKS)}, got {risk!r}")
 
 
 # ---------------------------------------------------------------------------------------------

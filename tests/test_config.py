@@ -15,7 +15,8 @@ from jaxrl.config import ConfigError, build, config_names, parse_grid, parse_ove
 @pytest.mark.parametrize("name", config_names())
 def test_bundled_configs_load(name):
     config = jaxrl.load_config(name)
-    variants = {"ddpg": "td3", "tqc": "sac", "spo": "ppo", "mdpo": "ppo", "dpo": "ppo"}  # named after the variant
+    variants = {"ddpg": "td3", "tqc": "sac", "spo": "ppo", "mdpo": "ppo", "dpo": "ppo",
+                "c51": "dqn", "qrdqn": "dqn", "iqn": "dqn", "mdqn": "dqn"}  # named after the variant
     variant = variants.get(name.split("_")[0], name.split("_")[0])
     assert config.algo == variant, (name, config.algo)
     assert config.num_iterations >= 1
@@ -51,6 +52,21 @@ def test_traced_and_static_fields():
     ("ppo_cartpole", {"algo": "ppp"}, "unknown algo 'ppp'.*did you mean 'ppo'"),
     ("dqn_cartpole", {"buffer_size": 200}, "learning_starts"),
     ("dqn_cartpole", {"tau": 0.0}, "tau must be in"),
+    # DQN's variants: unknown names and combinations that have no meaning
+    ("dqn_cartpole", {"distributional": "c52"}, "distributional must be one of none, c51, qr, iqn"),
+    ("c51_cartpole", {"v_min": 100.0}, "need v_min < v_max"),
+    ("c51_cartpole", {"num_atoms": 1}, "num_atoms must be >= 2"),
+    ("c51_cartpole", {"huber": True}, "huber is the scalar TD loss"),
+    ("qrdqn_cartpole", {"kappa": -1.0}, "kappa must be >= 0"),
+    ("qrdqn_cartpole", {"risk": "cvar", "risk_eta": 0.1}, "risk='cvar' distorts IQN's sampled fractions"),
+    ("iqn_cartpole", {"risk": "cvar", "risk_eta": 0.0}, "cvar needs risk_eta in"),
+    ("iqn_cartpole", {"risk": "pessimistic"}, "risk must be one of neutral, cvar, wang"),
+    ("iqn_cartpole", {"num_taus": 0}, "num_taus must be >= 1"),
+    ("mdqn_cartpole", {"distributional": "qr", "num_quantiles": 8}, "munchausen works on scalar Q-values"),
+    ("mdqn_cartpole", {"double": True}, "set double: false"),
+    ("mdqn_cartpole", {"n_step": 3}, "n_step must be 1"),
+    ("mdqn_cartpole", {"entropy_tau": 0.0}, "entropy_tau must be > 0"),
+    ("mdqn_cartpole", {"log_policy_clip": 0.5}, "log_policy_clip must be <= 0"),
     ("ppo_cartpol", {}, "unknown config 'ppo_cartpol'.*did you mean 'ppo_cartpole'"),
 ])
 def test_bad_configs_raise_clear_errors(name, overrides, message):

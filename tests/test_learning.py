@@ -17,6 +17,12 @@ from jaxrl.metrics import final_return
 from tests.conftest import run
 
 SLOW = pytest.mark.slow
+# DQN's variants learn CartPole in 5e4 env steps with learning from 1000 steps on, epsilon's decay
+# over the first 20% and lr 1e-3 (2 gradient steps per 10 env steps): 2 seeds measured 258 (c51),
+# 219 (qr), 175 (iqn), 185 (munchausen); C51 whose projection ignored terminations scored 9.5
+DQN_SHORT = {"total_steps": 50_000, "learning_starts": 1_000, "eps_fraction": 0.2, "lr": 1e-3,
+             "updates_per_iteration": 2}
+DQN_SHORT_THRESHOLD = 120.0
 
 
 @pytest.mark.timeout(1800)
@@ -24,6 +30,11 @@ SLOW = pytest.mark.slow
     ("ppo_cartpole", {}, 4, 100, 475.0),
     ("ppo_pendulum", {}, 4, 100, -250.0),
     ("dqn_cartpole", {}, 4, 100, 400.0),
+    # DQN's variants on a short budget (5e4 steps, faster settings): the mean of the last 100 episodes
+    ("c51_cartpole", DQN_SHORT, 2, 100, DQN_SHORT_THRESHOLD),
+    ("qrdqn_cartpole", DQN_SHORT, 2, 100, DQN_SHORT_THRESHOLD),
+    ("iqn_cartpole", {**DQN_SHORT, "num_acting_taus": 8}, 2, 100, DQN_SHORT_THRESHOLD),
+    ("mdqn_cartpole", DQN_SHORT, 2, 100, DQN_SHORT_THRESHOLD),
     # the off-policy actor-critics on a short budget: the mean of the last 20 episodes
     ("sac_pendulum", {"total_steps": 12_000}, 2, 20, -400.0),
     ("td3_pendulum", {"total_steps": 12_000}, 2, 20, -400.0),
@@ -36,6 +47,10 @@ SLOW = pytest.mark.slow
     pytest.param("ddpg_pendulum", {}, 4, 100, -250.0, marks=SLOW),
     pytest.param("tqc_pendulum", {}, 4, 100, -250.0, marks=SLOW),
     pytest.param("sac_discrete_cartpole", {}, 4, 100, 400.0, marks=SLOW),
+    pytest.param("c51_cartpole", {}, 4, 100, 400.0, marks=SLOW),
+    pytest.param("qrdqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
+    pytest.param("iqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
+    pytest.param("mdqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
 ])
 def test_learns(name, overrides, seeds, episodes, threshold):
     config = jaxrl.load_config(name, **overrides)

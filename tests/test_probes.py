@@ -1,4 +1,5 @@
-"""Every probe environment solved by PPO and DQN: learned values and actions match the optimum.
+"""Every probe environment solved by PPO and DQN (and DQN's variants): learned values and actions
+match the optimum.
 
 Probes isolate one piece of a learner each (value fitting, use of observations, discounting,
 policy improvement, conditioning on observations), so a failure here points at the broken piece.
@@ -46,17 +47,30 @@ def _dqn_probe_config(kind: str, **options):
     return jaxrl.load_config("dqn_cartpole", **{**settings, **options})
 
 
-@pytest.mark.parametrize("options", [{}, {"dueling": True}, {"double": False, "tau": 0.05, "target_update_interval": 1}],
-                         ids=["double", "dueling", "polyak-single"])
+@pytest.mark.parametrize("options", [
+    {}, {"dueling": True}, {"double": False, "tau": 0.05, "target_update_interval": 1},
+    # lr 1e-2: in the probes that show obs [0] only the output layer's bias learns (ReLU's gradient
+    # is 0 at 0), and C51's logits, dueling quantiles and Munchausen's -1.9 need more movement
+    {"distributional": "c51", "v_min": -2.0, "v_max": 2.0, "lr": 1e-2},
+    {"distributional": "qr", "dueling": True, "lr": 1e-2},
+    {"distributional": "iqn"},
+    {"munchausen": True, "double": False, "lr": 1e-2},
+], ids=["double", "dueling", "polyak-single", "c51", "qr-dueling", "iqn", "munchausen"])
 def test_dqn_solves_every_probe(options):
     train, agent = on_every_probe(_dqn_probe_config("constant", **options))
+    # Munchausen's bonus alpha * clip(tau log pi(a|s), l0, 0) is about 0 for the greedy action
+    # and l0 (clipped) for the other one, whose value is therefore -1 + alpha * l0
+    config = train.config
+    wrong = -1.0 + (config.munchausen_alpha * config.log_policy_clip if config.munchausen else 0.0)
     for i, kind in enumerate(probes.PROBES):
-        q = dqn.network(context(train)).apply(agent(i).params, _obs(kind))
+        q = dqn.q_values(context(train), agent(i).params, _obs(kind), jax.random.key(1))
         np.testing.assert_allclose(q.max(-1), probes.optimal_value(kind, _obs(kind), GAMMA), atol=0.1, err_msg=kind)
+        if kind == "discount":  # V(first step) = gamma: closer than the 1 - gamma a learner ignoring gamma is off by
+            np.testing.assert_allclose(q.max(-1)[0], GAMMA, atol=0.05)
         if kind in ("action", "obs-action"):
             best = np.asarray(probes.optimal_action(kind, _obs(kind), False)).reshape(-1)
             np.testing.assert_array_equal(q.argmax(-1), best, err_msg=kind)
-            np.testing.assert_allclose(q.min(-1), -1.0, atol=0.1, err_msg=kind)  # the wrong action's value
+            np.testing.assert_allclose(q.min(-1), wrong, atol=0.1, err_msg=kind)  # the wrong action's value
 
 
 def jax_first(tree):

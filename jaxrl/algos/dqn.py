@@ -1,4 +1,5 @@
-"""Deep Q-Networks (Mnih et al., 2015) with Double-DQN targets and a Dueling head as options.
+"""Deep Q-Networks (Mnih et al., 2015) with Double-DQN targets, a Dueling head, distributional
+heads and Munchausen targets as options.
 
 Each iteration adds the rollout to a device-resident replay buffer, then (once
 ``learning_starts`` env steps are stored) takes ``updates_per_iteration`` gradient steps on
@@ -6,6 +7,29 @@ uniformly sampled minibatches. The target network follows the online one every
 ``target_update_interval`` gradient steps: a hard copy when ``tau = 1``, Polyak averaging
 ``target <- tau * online + (1 - tau) * target`` otherwise. Exploration is epsilon-greedy with
 epsilon decaying linearly from ``eps_start`` to ``eps_end`` over ``eps_fraction`` of training.
+
+``distributional`` learns the return's distribution instead of its mean; Q is its mean, and
+Double/Dueling apply as usual (the greedy next action from the online network's Q; dueling atom
+by atom):
+
+- ``c51`` (Bellemare et al., 2017, "A Distributional Perspective on Reinforcement Learning"):
+  ``num_atoms`` probabilities on a fixed support from ``v_min`` to ``v_max``; the target
+  distribution ``r + discount * Z'`` is projected onto the support, and the loss is its
+  cross-entropy.
+- ``qr`` (Dabney et al., 2018, "Distributional Reinforcement Learning with Quantile Regression"):
+  ``num_quantiles`` quantiles at the fractions ``(i + 0.5) / num_quantiles``, fitted to the
+  target quantiles by the quantile Huber loss (``kappa``).
+- ``iqn`` (Dabney et al., 2018, "Implicit Quantile Networks for Distributional Reinforcement
+  Learning"): the quantile function itself, at fractions sampled from U[0, 1]: ``num_taus`` for
+  the online quantiles, ``num_target_taus`` for the target, ``num_acting_taus`` for Q when
+  choosing actions (acting and the target's greedy action), those last distorted by ``risk``
+  (``neutral``, ``cvar`` or ``wang`` with ``risk_eta``).
+
+``munchausen`` (Vieillard, Pietquin and Geist, 2020, "Munchausen Reinforcement Learning")
+regresses Q on a soft target with the scaled log-policy bonus,
+``r + alpha * clip(tau log pi(a|s), l0, 0) + discount * sum_a' pi(a'|s') (q(s', a') - tau log pi(a'|s'))``
+with ``pi = softmax(q / tau)`` of the target network (:func:`jaxrl.losses.munchausen_target`;
+``alpha = munchausen_alpha``, ``tau = entropy_tau``, ``l0 = log_policy_clip``).
 """
 
 from __future__ import annotations
@@ -20,8 +44,10 @@ from flax import struct
 from jaxrl import config as cfg
 from jaxrl import explore, losses, networks, replay, targets
 from jaxrl.core import Context, Spec, Transition, per_device
-from jaxrl.networks import QNetwork
 from jaxrl.optim import Optimizer
+
+
+DISTRIBUTIONAL = ("none", "c51", "qr", "iqn")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -35,6 +61,18 @@ class Config(replay.Config):
     target_update_interval: int = 100  # in gradient steps
     double: bool = True
     dueling: bool = False
+    distributional: str = "none"  # none | c51 | qr | iqn
+    num_atoms: int = 51  # c51: atoms of the support
+    v_min: float = -10.0  # c51: the support's range of returns
+    v_max: float = 10.0
+    num_quantiles: int = 50  # qr
+    num_taus: int = 32  # iqn: sampled fractions of the online quantiles (N)
+    num_target_taus: int = 32  # iqn: of the target quantiles (N')
+    num_acting_taus: int = 32  # iqn: of Q when choosing actions (K)
+    num_cosines: int = 64  # iqn: the embedding's cosines
+    kappa: float = 1.0  # qr, iqn: the quantile Huber loss's threshold (0: plain quantile loss)
+    risk: str = "neutral"  # iqn: distortion of the acting fractions (neutral | cvar | wang)
+    munchausen: bool = False
     huber: bool = False  # Huber (smooth L1) TD loss; squared error is more stable where rare terminal
     # transitions carry the signal (CartPole: capped gradients let Q drift upwards)
     anneal_lr: bool = False  # decay lr linearly to 0 over training
@@ -44,6 +82,10 @@ class Config(replay.Config):
     eps_start: float = cfg.traced(1.0)
     eps_end: float = cfg.traced(0.05)
     eps_fraction: float = cfg.traced(0.5)  # of total_steps spent decaying epsilon
+    risk_eta: float = cfg.traced(1.0)  # iqn: cvar's fraction in (0, 1], wang's shift
+    munchausen_alpha: float = cfg.traced(0.9)  # the log-policy bonus's scale
+    entropy_tau: float = cfg.traced(0.03)  # the softmax policy's temperature
+    log_policy_clip: float = cfg.traced(-1.0)  # l0: the bonus's lower clip (<= 0)
 
     def validate(self) -> None:
         super().validate()
@@ -62,6 +104,35 @@ class Config(replay.Config):
         cfg.require(0.0 <= self.eps_end <= self.eps_start <= 1.0,
                     f"need 0 <= eps_end <= eps_start <= 1, got {self.eps_end}, {self.eps_start}")
         cfg.require(self.eps_fraction > 0, f"eps_fraction must be > 0, got {self.eps_fraction}")
+        self._validate_variant()
+
+    def _validate_variant(self) -> None:
+        """The distributional and Munchausen options and the combinations they allow."""
+        cfg.require(self.distributional in DISTRIBUTIONAL, f"distributional must be one of "
+                    f"{', '.join(DISTRIBUTIONAL)}, got {self.distributional!r}")
+        cfg.require(self.risk in networks.RISKS, f"risk must be one of {', '.join(networks.RISKS)}, got {self.risk!r}")
+        cfg.require(self.num_atoms >= 2, f"num_atoms must be >= 2, got {self.num_atoms}")
+        cfg.require(self.v_min < self.v_max, f"need v_min < v_max, got {self.v_min} and {self.v_max}")
+        for name in ("num_quantiles", "num_taus", "num_target_taus", "num_acting_taus", "num_cosines"):
+            cfg.require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        cfg.require(self.kappa >= 0, f"kappa must be >= 0, got {self.kappa}")
+        if self.risk == "cvar":
+            cfg.require(0 < self.risk_eta <= 1, f"risk: cvar needs risk_eta in (0, 1], got {self.risk_eta}")
+        cfg.require(self.risk == "neutral" or self.distributional == "iqn",
+                    f"risk={self.risk!r} distorts IQN's sampled fractions; it needs distributional: iqn")
+        cfg.require(not (self.huber and self.distributional != "none"),
+                    f"huber is the scalar TD loss; distributional: {self.distributional} has its own loss "
+                    f"(qr and iqn: the quantile Huber loss with kappa)")
+        cfg.require(self.entropy_tau > 0, f"entropy_tau must be > 0, got {self.entropy_tau}")
+        cfg.require(self.log_policy_clip <= 0, f"log_policy_clip must be <= 0, got {self.log_policy_clip}")
+        if self.munchausen:
+            cfg.require(self.distributional == "none",
+                        f"munchausen works on scalar Q-values; it cannot be combined with distributional: "
+                        f"{self.distributional}")
+            cfg.require(not self.double, "munchausen's target is a soft value (an expectation under softmax(q / "
+                                         "entropy_tau)) with no greedy action to choose: set double: false")
+            cfg.require(self.n_step == 1, f"munchausen adds the bonus of one action to one reward; n_step must "
+                                          f"be 1, got {self.n_step}")
 
 
 def check(config: Config, spec: Spec, devices: int) -> None:
@@ -79,9 +150,41 @@ class State(struct.PyTreeNode):
     buffer: replay.Buffer = per_device()  # each device keeps its own envs' transitions
 
 
-def network(ctx: Context) -> QNetwork:
+def network(ctx: Context) -> networks.QNetwork | networks.ImplicitQuantileNetwork:
+    c, s = ctx.config, ctx.spec
+    if c.distributional == "iqn":
+        return networks.ImplicitQuantileNetwork(s.action_dim, c.hidden, c.activation, c.dueling, s.obs_shape,
+                                                num_cosines=c.num_cosines)
+    atoms = {"c51": c.num_atoms, "qr": c.num_quantiles}.get(c.distributional)
+    return networks.QNetwork(s.action_dim, c.hidden, c.activation, c.dueling, s.obs_shape, num_atoms=atoms)
+
+
+def outputs(ctx: Context, params: dict, obs: jax.Array, key: jax.Array, num_taus: int,
+            acting: bool = False) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """``(out, q, taus)`` of the network at ``obs (..., *obs_shape)``: ``out`` is what it predicts
+    per action, ``(..., actions)`` Q-values or ``(..., actions, atoms)`` (c51: logits; qr, iqn:
+    quantiles at ``taus``), ``q (..., actions)`` their mean. IQN samples ``num_taus`` fractions
+    per observation with ``key`` (distorted by ``risk`` when ``acting``); the others ignore
+    ``key`` and ``num_taus``, and ``taus`` is None but for iqn."""
     c = ctx.config
-    return QNetwork(ctx.spec.action_dim, c.hidden, c.activation, c.dueling, ctx.spec.obs_shape)
+    if c.distributional == "iqn":
+        batch = obs.shape[: obs.ndim - len(ctx.spec.obs_shape)]
+        taus = jax.random.uniform(key, (*batch, num_taus))
+        if acting:
+            taus = networks.distort(taus, c.risk, ctx.hp["risk_eta"])
+        out = network(ctx).apply(params, obs, taus)
+        return out, out.mean(-1), taus
+    out = network(ctx).apply(params, obs)
+    if c.distributional == "c51":
+        support = losses.categorical_support(c.v_min, c.v_max, c.num_atoms)
+        return out, (jax.nn.softmax(out) * support).sum(-1), None
+    return out, (out.mean(-1) if c.distributional == "qr" else out), None
+
+
+def q_values(ctx: Context, params: dict, obs: jax.Array, key: jax.Array) -> jax.Array:
+    """The action values actions are chosen by, ``(..., actions)``: the mean of the predicted
+    return distribution (IQN: over ``num_acting_taus`` sampled, risk-distorted fractions)."""
+    return outputs(ctx, params, obs, key, ctx.config.num_acting_taus, acting=True)[1]
 
 
 def optimizer(ctx: Context) -> Optimizer:
@@ -90,7 +193,8 @@ def optimizer(ctx: Context) -> Optimizer:
 
 def init(ctx: Context, key: jax.Array) -> State:
     c = ctx.config
-    params = networks.init(network(ctx), key, jnp.zeros((1, *ctx.spec.obs_shape)))
+    example = (jnp.zeros((1, *ctx.spec.obs_shape)),) + ((jnp.zeros((1, 1)),) if c.distributional == "iqn" else ())
+    params = networks.init(network(ctx), key, *example)
     buffer = replay.create(replay.example_transition(ctx), c.num_envs // ctx.devices, c.buffer_size // c.num_envs)
     return State(params, params, optimizer(ctx).init(params), jnp.int32(0), buffer)
 
@@ -103,7 +207,7 @@ def epsilon(ctx: Context) -> jax.Array:
 
 
 def _epsilon_greedy(ctx: Context, agent: State, obs: jax.Array, key: jax.Array, eps: jax.Array) -> jax.Array:
-    return explore.epsilon_greedy(key, network(ctx).apply(agent.params, obs), eps)
+    return explore.epsilon_greedy(key, q_values(ctx, agent.params, obs, jax.random.fold_in(key, 1)), eps)
 
 
 def act(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, tuple, dict]:
@@ -116,15 +220,46 @@ def policy(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Ar
     return _epsilon_greedy(ctx, agent, obs, key, 0.0 if deterministic else ctx.hp["eps_end"]), carry
 
 
-def loss(ctx: Context, params: dict, target_params: dict, b: dict) -> tuple[jax.Array, dict]:
+def _taken(values: jax.Array, action: jax.Array) -> jax.Array:
+    """``values (B, actions, ...)`` of the actions ``action (B,)``: ``(B, ...)``."""
+    index = action.reshape(action.shape + (1,) * (values.ndim - 1))
+    return jnp.take_along_axis(values, index, 1)[:, 0]
+
+
+def td_target(ctx: Context, params: dict, target_params: dict, b: dict, key: jax.Array) -> jax.Array:
+    """The regression target of every item of the minibatch ``b``: the TD target ``(B,)``, or for
+    a distributional head the target distribution, ``(B, atoms)`` probabilities (c51) or
+    ``(B, quantiles)`` samples (qr, iqn)."""
+    c, hp = ctx.config, ctx.hp
     net = network(ctx)
-    q_next_target = net.apply(target_params, b["next_obs"])
-    chooser = net.apply(params, b["next_obs"]) if ctx.config.double else q_next_target
-    best = jnp.take_along_axis(q_next_target, chooser.argmax(-1)[:, None], -1)[:, 0]
-    target = b["reward"] + b["discount"] * best
-    q = jnp.take_along_axis(net.apply(params, b["obs"]), b["action"][:, None], -1)[:, 0]
-    per_item = losses.td_error_loss(q - jax.lax.stop_gradient(target), ctx.config.huber)
-    return per_item.mean(), {"q_mean": q.mean()}
+    if c.munchausen:
+        q_obs, q_next = net.apply(target_params, b["obs"]), net.apply(target_params, b["next_obs"])
+        return losses.munchausen_target(q_obs, q_next, b["action"], b["reward"], b["discount"],
+                                        hp["munchausen_alpha"], hp["entropy_tau"], hp["log_policy_clip"])
+    k_choose, k_target = jax.random.split(key)
+    best = q_values(ctx, params if c.double else target_params, b["next_obs"], k_choose).argmax(-1)
+    next_out = _taken(outputs(ctx, target_params, b["next_obs"], k_target, c.num_target_taus)[0], best)
+    if c.distributional == "c51":
+        return losses.categorical_projection(jax.nn.softmax(next_out), b["reward"], b["discount"], c.v_min, c.v_max)
+    if c.distributional == "none":
+        return b["reward"] + b["discount"] * next_out
+    return b["reward"][:, None] + b["discount"][:, None] * next_out
+
+
+def loss(ctx: Context, params: dict, target_params: dict, b: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+    c = ctx.config
+    k_online, k_target = jax.random.split(key)
+    goal = jax.lax.stop_gradient(td_target(ctx, params, target_params, b, k_target))
+    out, q, taus = outputs(ctx, params, b["obs"], k_online, c.num_taus)
+    out = _taken(out, b["action"])
+    if c.distributional == "none":
+        per_item = losses.td_error_loss(out - goal, c.huber)
+    elif c.distributional == "c51":
+        per_item = losses.categorical_cross_entropy(out, goal)
+    else:
+        fractions = taus if c.distributional == "iqn" else (jnp.arange(c.num_quantiles) + 0.5) / c.num_quantiles
+        per_item = losses.quantile_huber(out, goal, fractions, c.kappa)
+    return per_item.mean(), {"q_mean": _taken(q, b["action"]).mean()}
 
 
 def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple[State, dict]:
@@ -133,10 +268,11 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
     opt = optimizer(ctx)
 
     def update(agent: State, step_key: jax.Array, step: jax.Array) -> tuple[State, dict]:
+        loss_key = jax.random.fold_in(step_key, 1)  # IQN's fractions (the sample keeps step_key's stream)
         batch = replay.sample_nstep(agent.buffer, step_key, c.batch_size // ctx.devices, c.n_step, hp["gamma"])
         batch = {**batch, "obs": ctx.normalize(batch["obs"]), "next_obs": ctx.normalize(batch["next_obs"])}
         params, opt_state, metrics = opt.step(
-            ctx, agent.params, agent.opt_state, lambda p, b: loss(ctx, p, agent.target_params, b), batch)
+            ctx, agent.params, agent.opt_state, lambda p, b: loss(ctx, p, agent.target_params, b, loss_key), batch)
         updates = agent.updates + 1
         target = targets.update(agent.target_params, params, hp["tau"], updates, c.target_update_interval)
         return agent.replace(params=params, target_params=target, opt_state=opt_state, updates=updates), metrics
