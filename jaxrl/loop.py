@@ -186,7 +186,8 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
             raise ConfigError(
                 f"unknown traced hyperparameter(s) {sorted(unknown)}; traced: {list(names)}; env params "
                 f"(as {ENV_PREFIX}<name>): {sorted(env_defaults)}")
-        both = sorted(k for k in hparams if k.removeprefix(ENV_PREFIX) in config.env_randomize)
+        both = sorted(k for k in hparams
+                      if k.startswith(ENV_PREFIX) and k.removeprefix(ENV_PREFIX) in config.env_randomize)
         if both:
             raise ConfigError(f"{both} are swept but also randomized by env_randomize, which would replace "
                               f"the swept values every episode: sweep or randomize each param, not both")
