@@ -21,6 +21,15 @@ import optax
 # policy near the old one. KL terms come in per item, computed by the caller from the two
 # distributions (which KL, old-to-new or new-to-old, is part of each method).
 
+def policy_gradient(ratio: jax.Array, advantage: jax.Array) -> jax.Array:
+    """The unclipped importance-sampled surrogate (to minimise), mean over items: ``-r A``.
+
+    At ``r = 1`` (the data's own policy: one epoch, one minibatch) its gradient is the policy
+    gradient ``-A grad log pi`` of REINFORCE (Williams, 1992) and A2C (Mnih et al., 2016,
+    synchronous); later minibatch steps weigh it by the ratio (Kakade and Langford, 2002)."""
+    return -(ratio * advantage).mean()
+
+
 def clipped_surrogate(ratio: jax.Array, advantage: jax.Array, clip_eps: jax.Array | float) -> jax.Array:
     """PPO's policy loss (to minimise), mean over items: ``-min(r A, clip(r, 1 - eps, 1 + eps) A)``.
 

@@ -173,3 +173,55 @@ def test_a_user_drift_function_replaces_the_published_one():
 def test_bad_settings_fail_before_compiling(overrides, match):
     with pytest.raises(ConfigError, match=match):
         jaxrl.load_config("ppo_cartpole", **overrides)
+
+
+# ------------------------------------------------------------------ A2C and REINFORCE (objective pg)
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name, steps", [("a2c_cartpole", 100_096), ("reinforce_cartpole", 100_000)])
+def test_a2c_and_reinforce_learn_cartpole(name, steps):
+    config = jaxrl.load_config(name, total_steps=steps)
+    _, out = run(config, seeds=2)
+    final = final_return(out.metrics, 20)
+    assert np.nanmean(final) >= 150.0, f"{name}: final returns {final}"
+    assert (out.state.diverged_at == -1).all()
+
+
+def test_pg_objective_has_the_policy_gradient_at_the_data_policy():
+    """-r A at r = 1 (one epoch, one minibatch) has REINFORCE's gradient -A grad log pi."""
+    logits = jnp.array([[0.3, -0.2, 0.5], [1.0, 0.0, -1.0]])
+    actions, adv = jnp.array([2, 0]), jnp.array([1.5, -0.7])
+
+    def surrogate(lg):
+        log_prob = distrax.Categorical(logits=lg).log_prob(actions)
+        return losses.policy_gradient(jnp.exp(log_prob - jax.lax.stop_gradient(log_prob)), adv)
+
+    reinforce = lambda lg: -(distrax.Categorical(logits=lg).log_prob(actions) * adv).mean()  # noqa: E731
+    np.testing.assert_allclose(jax.grad(surrogate)(logits), jax.grad(reinforce)(logits), rtol=1e-6)
+    np.testing.assert_allclose(losses.policy_gradient(jnp.array([1.0, 2.0]), adv), -(1.5 - 1.4) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("baseline", [True, False])
+def test_reinforce_advantages_are_the_returns(monkeypatch, baseline):
+    """baseline: false hands the policy loss the lambda-returns themselves, not returns - values."""
+    config = jaxrl.load_config("reinforce_cartpole", baseline=baseline, num_steps=6, num_envs=2)
+    train = jaxrl.make_train(config)
+    ctx = context(train)
+    agent = ppo.init(ctx, jax.random.key(0))
+    t, n = 6, 2
+    obs = jax.random.normal(jax.random.key(1), (t, n, 4))
+    done = jnp.zeros((t, n), bool).at[3, 0].set(True)
+    traj = jaxrl.core.Transition(obs, jnp.zeros((t, n), jnp.int32), jnp.ones((t, n)), done, jnp.zeros((t, n), bool),
+                                 jnp.roll(obs, -1, 0), jnp.zeros((t, n), bool), {})
+    seen = {}
+
+    def spy(step, agent, data, key, epochs, minibatches, sequences=False):
+        seen.update(data)
+        return agent, {}
+
+    monkeypatch.setattr(ppo.batching, "epochs", spy)
+    ppo.learn(ctx, agent, traj, jax.random.key(2))
+    gap = np.asarray(seen["advantage"] - seen["target"])
+    if baseline:
+        np.testing.assert_allclose(gap, -np.asarray(seen["value"]), rtol=1e-5, atol=1e-6)
+    else:
+        assert (gap == 0).all()

@@ -11,7 +11,10 @@ after each update to keep the update's KL near ``kl_target``), ``spo`` (Simple P
 Optimization, trust region ``clip_eps``), ``mdpo`` (on-policy Mirror Descent Policy
 Optimization, KL weight ``1 / t_k`` with ``t_k = 1 - k / K`` over the run's ``K`` iterations) or
 ``dpo`` (Discovered Policy Optimisation's drift, or a drift function of your own named by
-``drift``). ``ewma_decay > 0`` turns on PPO-EWMA (Hilton et al. 2021, "Batch size-invariance for
+``drift``) or ``pg`` (the plain policy gradient: with one epoch of one minibatch this is A2C,
+and with ``baseline: false`` and ``gae_lambda: 1`` REINFORCE, whose advantages are the
+discounted returns, the critic bootstrapping only episodes cut by the rollout's end or a time
+limit). ``ewma_decay > 0`` turns on PPO-EWMA (Hilton et al. 2021, "Batch size-invariance for
 policy optimization"): the trust region is around a proximal policy whose parameters are an
 exponential moving average of the policy's (updated after every optimizer step, bias-corrected
 as in the paper's code) instead of the behaviour policy, and the advantages are importance-weighted
@@ -61,6 +64,7 @@ class Config(cfg.Config):
     dpo_beta: float = cfg.traced(0.6)  # dpo: ... and for negative ones
     drift: str = "dpo"  # dpo: "dpo" (the closed form) or the import path of fn(ratio, advantage, ctx) -> drift
     ewma_decay: float = 0.0  # PPO-EWMA's decay of the proximal policy's average (0: off, no proximal policy)
+    baseline: bool = True  # advantages are returns minus the critic's values; false: the returns (REINFORCE)
 
     def validate(self) -> None:
         super().validate()
@@ -90,7 +94,7 @@ class Config(cfg.Config):
         drift_function(self.drift)  # a ConfigError unless it names a function
 
 
-OBJECTIVES = ("clip", "kl", "spo", "mdpo", "dpo")
+OBJECTIVES = ("clip", "kl", "spo", "mdpo", "dpo", "pg")
 
 
 def drift_function(name: str) -> Callable | None:
@@ -164,6 +168,8 @@ def objective_loss(ctx: Context, ratio: jax.Array, adv: jax.Array, pi: distrax.D
         return losses.clipped_surrogate(ratio, adv, hp["clip_eps"])
     if c.objective == "spo":
         return losses.spo(ratio, adv, hp["clip_eps"])
+    if c.objective == "pg":
+        return losses.policy_gradient(ratio, adv)
     if c.objective == "kl":  # KL[old, new] (Schulman et al. 2017)
         return losses.kl_penalty(ratio, adv, reference.kl_divergence(pi), kl_coef)
     if c.objective == "mdpo":  # KL[new, old] (Tomar et al. 2020)
@@ -227,6 +233,8 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
     next_values = network(ctx).apply(agent.params, next_obs, method=ActorCritic.value)
     advantage, target = returns.gae(traj.reward, values, next_values,
                                     traj.terminated, traj.truncated, hp["gamma"], hp["gae_lambda"])
+    if not c.baseline:  # REINFORCE: the returns themselves (the critic only bootstraps cut-off episodes)
+        advantage = target
     data = {"obs": obs, "action": traj.action, "log_prob": log_prob,
             "value": values, "advantage": advantage, "target": target}
     data = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data)  # this device's transitions
