@@ -273,7 +273,16 @@ def test_background_save_failure_does_not_hide_the_first_error(tmp_path):
             raise Interrupted
 
 
-def test_ctrl_c_inside_wait_does_not_pass_for_a_finished_save(tmp_path):
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt during the test, also when the tests run as a background
+    job (which starts with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_inside_wait_does_not_pass_for_a_finished_save(tmp_path, ctrl_c):
     """A KeyboardInterrupt landing while the caller waits for the writer must leave the save
     counted as running (CPython 3.11's Thread.join marks the thread finished in that case)."""
     ckpt = Checkpointer(tmp_path, async_save=True)

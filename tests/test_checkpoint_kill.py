@@ -42,10 +42,12 @@ def _command(*args: str) -> list[str]:
 
 
 def _start_saving_every_chunk(out: Path, cache_dir: Path, log: Path, budget: list[str] = SMALL) -> subprocess.Popen:
-    """A run that saves after every one-iteration chunk, so a save is almost always in flight."""
+    """A run that saves after every one-iteration chunk, so a save is almost always in flight.
+    Ctrl-C reaches it even when the tests run as a background job (which ignores SIGINT and would
+    pass that on: Python then installs no KeyboardInterrupt handler)."""
     args = ["ppo_cartpole", *budget, "--chunk-size", "1", "--checkpoint-seconds", "0", "--out", str(out)]
     return subprocess.Popen(_command(*args), env=_env(cache_dir), stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_save_in_flight(proc: subprocess.Popen, out: Path, log: Path) -> Path:

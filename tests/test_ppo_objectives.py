@@ -157,7 +157,7 @@ def test_a_user_drift_function_replaces_the_published_one():
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"objective": "klpen"}, "objective must be one of clip, kl, spo, mdpo, dpo, got 'klpen'"),
+    ({"objective": "klpen"}, "objective must be one of clip, kl, spo, mdpo, dpo, pg, got 'klpen'"),
     ({"objective": "kl", "kl_target": 0.0}, "kl_target must be > 0"),
     ({"objective": "kl", "kl_coef": -1.0}, "kl_coef must be > 0"),
     ({"objective": "dpo", "dpo_alpha": 0.0}, "dpo_alpha must be > 0"),
