@@ -27,6 +27,7 @@ from jaxrl.config import Config, ConfigError, build
 from jaxrl.core import Context, Spec
 from jaxrl.evaluate import make_play
 from jaxrl.loop import TrainState, compiler_options, make_train, seed_keys
+from jaxrl.sweeps import check_env_value
 
 
 def abstract_state(config: Config, num_seeds: int, hparams: dict | None = None) -> Any:
@@ -183,10 +184,9 @@ def _grid_points(grid: dict[str, Sequence[float]], params: Any) -> Any:
         if not isinstance(values, (list, tuple)) or not values:
             raise ConfigError(f"grid param {name!r} needs a non-empty list of values, got {values!r}")
         for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ConfigError(f"grid param {name!r}: values must be finite numbers, got {v!r}")
-            if jnp.issubdtype(numeric[name].dtype, jnp.integer) and v != int(v):
-                raise ConfigError(f"grid param {name!r} is an integer; got {v!r}")
+            check_env_value(name, v, numeric[name].dtype)  # finite, and the same in the param's dtype
     combos = list(itertools.product(*grid.values()))
     columns = {name: jnp.asarray([c[i] for c in combos], numeric[name].dtype) for i, name in enumerate(grid)}
     stacked = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (len(combos),) + jnp.shape(x)), params)

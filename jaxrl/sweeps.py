@@ -221,7 +221,7 @@ def sweep(
             if key in traced and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise ConfigError(f"sweep value {key}={value!r} is not a number")
             if key in env_keys:
-                _check_env_value(key, value, hparam_dtype(key, env_values))
+                check_env_value(key, value, hparam_dtype(key, env_values))
         config.replace(**{k: v for k, v in setting.items() if k not in env_keys})
 
     static_keys = [k for k in settings[0] if k not in traced]
@@ -267,15 +267,15 @@ def sweep(
     return result
 
 
-def _check_env_value(key: str, value: numbers.Real, dtype: np.dtype) -> None:
-    """A swept env param's value must be finite and stay the same in the param's dtype (no
+def check_env_value(key: str, value: numbers.Real, dtype: np.dtype) -> None:
+    """An env param's value (swept, or a point of a robustness grid) must be finite and stay the same in the param's dtype (no
     rounding of an integer param, no overflow to infinity or underflow to zero)."""
     try:
         as_float = float(value)
     except OverflowError:
         as_float = math.inf
     if not math.isfinite(as_float):
-        raise ConfigError(f"sweep value {key}={value!r} is not a finite number")
+        raise ConfigError(f"value {key}={value!r} is not a finite number")
     if jnp.issubdtype(dtype, jnp.integer):
         info = np.iinfo(dtype)
         if value != int(value) or not info.min <= int(value) <= info.max:
@@ -284,7 +284,7 @@ def _check_env_value(key: str, value: numbers.Real, dtype: np.dtype) -> None:
     with np.errstate(all="ignore"):
         cast = np.asarray(value).astype(dtype)  # inf on overflow, 0 or a subnormal on underflow
     if not np.isfinite(cast) or (value != 0 and (cast == 0 or abs(cast) < np.finfo(dtype).tiny)):
-        raise ConfigError(f"sweep value {key}={value!r} does not fit in {np.dtype(dtype).name}, the env param's type")
+        raise ConfigError(f"value {key}={value!r} does not fit in {np.dtype(dtype).name}, the env param's type")
 
 
 def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
