@@ -41,7 +41,7 @@ from jaxrl.core import Metrics
 from jaxrl.loop import TrainState, compiler_options, make_train, seed_keys
 from jaxrl.metrics import FINAL_EPISODES, final_return
 from jaxrl.parallel import seed_mesh
-from jaxrl.sweeps import _gather, _host_friendly
+from jaxrl.sweeps import gather_hosts, host_friendly
 
 DEFAULT_FACTORS = (0.8, 1.25)  # perturbation factors when a spec gives none
 FITNESS = ("return", "eval")  # named fitness functions (or pass a callable)
@@ -355,7 +355,7 @@ def pbt(config: Config, population: int, interval: int, explore: Mapping[str, An
                                         resample_probability, exploit, devices, inputs)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    state, (metrics, fit, hps, parents) = _gather(compiled(*args))
+    state, (metrics, fit, hps, parents) = gather_hosts(compiled(*args))
     run_s = time.perf_counter() - t0
     # metrics (seeds, generations, population, interval) -> (seeds, population, iterations)
     metrics = {k: np.moveaxis(np.asarray(v), 2, 1).reshape(seeds, population, -1)[..., :config.num_iterations]
@@ -406,7 +406,7 @@ def compile_pbt(config: Config, population: int, interval: int, explore: Mapping
             return (spread(new_state), new_hp, key), (metrics, fit, hp, parent)
 
         (state, _, _), lineage = jax.lax.scan(generation, (state, hp, pbt_key), jnp.arange(generations))
-        return jax.tree.map(_host_friendly, state), lineage
+        return jax.tree.map(host_friendly, state), lineage
 
     seed_values = jnp.arange(config.seed, config.seed + seeds)
     member_keys = seed_keys(config.seed, seeds * population).reshape(seeds, population)

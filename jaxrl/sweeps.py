@@ -293,7 +293,7 @@ def _global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
-def _gather(tree: Any) -> Any:
+def gather_hosts(tree: Any) -> Any:
     """The whole (batch-sharded) output on every host as NumPy; across hosts via all-gather."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
@@ -302,7 +302,7 @@ def _gather(tree: Any) -> Any:
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def _host_friendly(x: jax.Array) -> jax.Array:
+def host_friendly(x: jax.Array) -> jax.Array:
     """Typed PRNG keys become their raw uint32 data, which NumPy can hold."""
     return jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
 
@@ -343,7 +343,7 @@ def _run(config: Config, hp: dict[str, np.ndarray], n_settings: int, seeds: int,
 
     def run_batch(key_data, hparams, inputs):
         out = jax.vmap(train, in_axes=(0, 0, None))(jax.random.wrap_key_data(key_data), hparams, inputs)
-        return jax.tree.map(_host_friendly, out)
+        return jax.tree.map(host_friendly, out)
 
     replicated = NamedSharding(mesh, PartitionSpec())
     inputs = jax.tree.map(lambda x: _global_array(np.asarray(x), replicated), inputs)  # once per device
@@ -363,7 +363,7 @@ def _run(config: Config, hp: dict[str, np.ndarray], n_settings: int, seeds: int,
             compiled = program.lower(*args).compile()
             compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = _gather(compiled(*args))
+        out = gather_hosts(compiled(*args))
         run_s += time.perf_counter() - t0
         valid = min(per_batch, total - start)
         outputs.append(jax.tree.map(lambda x: x[:valid], out))
