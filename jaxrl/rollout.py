@@ -7,7 +7,8 @@ rollout of a small network is bound by per-kernel overhead.
 
 Each env carries a memory of the agent's (``carry``: a recurrent state, per-env noise; ``()``
 for feed-forward agents). Where an episode starts (``first``) it is replaced by the fresh
-``initial_carry`` before the agent acts.
+``initial_carry`` before the agent acts. The carry each env started the rollout from is
+recorded once (``Transition.carry``, ``(N, ...)``) so a recurrent learner can replay it.
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def make_rollout(env: envs.Environment, num_envs: int, num_steps: int) -> Callab
             return EnvSide(env_state, next_obs, term | trunc, carry), (transition, episodes)
 
         keys = jax.random.split(key, (num_steps, 1 + num_envs))
+        side = side.replace(carry=fresh_carry(side.first, initial_carry, side.carry))
+        start = side.carry
         side, (traj, episodes) = jax.lax.scan(step, side, keys)
-        return side, traj, episodes
+        return side, traj.replace(carry=start), episodes
 
     return rollout

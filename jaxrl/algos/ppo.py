@@ -20,6 +20,15 @@ exponential moving average of the policy's (updated after every optimizer step, 
 as in the paper's code) instead of the behaviour policy, and the advantages are importance-weighted
 by ``pi_prox / pi_behaviour``.
 
+``recurrent: gru`` or ``lstm`` gives the policy memory (:class:`jaxrl.networks.RecurrentActorCritic`:
+a dense embedding, a GRU/LSTM cell of ``rnn_size`` units, actor and critic heads). The cell's
+state is each env's carry in the loop (zeros where an episode starts); the rollout records
+the carry it started from (``Transition.carry``), and ``learn`` trains on sequences: minibatches
+are whole env streams in time order (``num_minibatches`` splits the envs), replayed from that
+carry with the resets at ``Transition.first``, so before the first update the replay gives the
+acting policy's log-probabilities exactly. (PPO-EWMA's proximal policy is replayed from the same
+start carry, the behaviour policy's.)
+
 Acting runs the actor alone: the rollout's values and log-probabilities are computed at the
 start of ``learn``, batched over the whole rollout (the parameters have not changed since the
 rollout, so they are the same numbers, at a fraction of the per-step cost: +2-5% env steps/s).
@@ -29,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Callable
+from typing import Any, Callable
 
 import distrax
 import jax
@@ -39,7 +48,7 @@ from flax import struct
 from jaxrl import batching, losses, networks, returns
 from jaxrl import config as cfg
 from jaxrl.core import Context, Spec, Transition
-from jaxrl.networks import ActorCritic
+from jaxrl.networks import ActorCritic, RecurrentActorCritic
 from jaxrl.optim import Optimizer
 
 
@@ -65,6 +74,8 @@ class Config(cfg.Config):
     drift: str = "dpo"  # dpo: "dpo" (the closed form) or the import path of fn(ratio, advantage, ctx) -> drift
     ewma_decay: float = 0.0  # PPO-EWMA's decay of the proximal policy's average (0: off, no proximal policy)
     baseline: bool = True  # advantages are returns minus the critic's values; false: the returns (REINFORCE)
+    recurrent: str = "none"  # one of RECURRENT: a GRU or LSTM cell between embedding and heads
+    rnn_size: int = 128  # recurrent: the cell's units
 
     def validate(self) -> None:
         super().validate()
@@ -92,9 +103,21 @@ class Config(cfg.Config):
         cfg.require(self.drift == "dpo" or self.objective == "dpo",
                     f"drift={self.drift!r} is used only by objective 'dpo', not {self.objective!r}")
         drift_function(self.drift)  # a ConfigError unless it names a function
+        cfg.require(self.recurrent in RECURRENT,
+                    f"recurrent must be one of {', '.join(RECURRENT)}, got {self.recurrent!r}"
+                    + cfg.suggest(self.recurrent, list(RECURRENT)))
+        cfg.require(self.rnn_size >= 1, f"rnn_size must be >= 1, got {self.rnn_size}")
+        if self.recurrent == "none":
+            cfg.require(self.rnn_size == 128, f"rnn_size={self.rnn_size} is used only by a recurrent policy "
+                                              f"(recurrent: gru or lstm), not recurrent: none")
+        else:
+            cfg.require(self.num_envs % self.num_minibatches == 0,
+                        f"recurrent: minibatches are whole env streams, but num_envs = {self.num_envs} does not "
+                        f"divide into num_minibatches = {self.num_minibatches}")
 
 
 OBJECTIVES = ("clip", "kl", "spo", "mdpo", "dpo", "pg")
+RECURRENT = ("none",) + networks.RNN_CELLS
 
 
 def drift_function(name: str) -> Callable | None:
@@ -119,6 +142,10 @@ def check(config: Config, spec: Spec, devices: int) -> None:
         raise cfg.ConfigError(
             f"each of {devices} devices learns on num_envs * num_steps / {devices} = {local} transitions, "
             f"which do not divide into num_minibatches = {config.num_minibatches}")
+    if config.recurrent != "none" and (config.num_envs // devices) % config.num_minibatches:
+        raise cfg.ConfigError(
+            f"recurrent: each of {devices} devices splits its num_envs / {devices} = {config.num_envs // devices} "
+            f"env streams into minibatches, which do not divide into num_minibatches = {config.num_minibatches}")
 
 
 class State(struct.PyTreeNode):
@@ -129,9 +156,17 @@ class State(struct.PyTreeNode):
     prox_weight: jax.Array | None = None  # ... and the total weight of their average
 
 
-def network(ctx: Context) -> ActorCritic:
+def network(ctx: Context) -> ActorCritic | RecurrentActorCritic:
     c, s = ctx.config, ctx.spec
+    if c.recurrent != "none":
+        return RecurrentActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape,
+                                    c.recurrent, c.rnn_size)
     return ActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape)
+
+
+def init_carry(ctx: Context) -> Any:
+    """One env's memory at an episode's start: the recurrent cell's zeros, or ``()``."""
+    return () if ctx.config.recurrent == "none" else network(ctx).initial_carry()
 
 
 def optimizer(ctx: Context) -> Optimizer:
@@ -140,23 +175,66 @@ def optimizer(ctx: Context) -> Optimizer:
 
 def init(ctx: Context, key: jax.Array) -> State:
     c = ctx.config
-    params = networks.init(network(ctx), key, jnp.zeros((1, *ctx.spec.obs_shape)))
+    obs = jnp.zeros((1, *ctx.spec.obs_shape))
+    carry = jax.tree.map(lambda x: x[None], init_carry(ctx))
+    params = networks.init(network(ctx), key, *((obs,) if c.recurrent == "none" else (carry, obs)))
     return State(params, optimizer(ctx).init(params),
                  kl_coef=ctx.hp["kl_coef"] if c.objective == "kl" else None,
                  prox_params=params if c.ewma_decay else None,
                  prox_weight=jnp.float32(1.0) if c.ewma_decay else None)
 
 
-def act(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, tuple, dict]:
-    pi = network(ctx).apply(agent.params, obs, method=ActorCritic.policy)
+def step_policy(ctx: Context, params: dict, carry: Any, obs: jax.Array) -> tuple[Any, distrax.Distribution]:
+    """The policy at one step of a batch of envs (the actor alone), and their carry after it
+    (a recurrent cell's next state; unchanged ``()`` for a feed-forward policy)."""
+    if ctx.config.recurrent == "none":
+        return carry, network(ctx).apply(params, obs, method=ActorCritic.policy)
+    return network(ctx).apply(params, carry, obs, method=RecurrentActorCritic.policy_step)
+
+
+def act(ctx: Context, agent: State, carry: Any, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, Any, dict]:
+    carry, pi = step_policy(ctx, agent.params, carry, obs)
     return pi.sample(seed=key), carry, {}
 
 
-def policy(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array,
-           deterministic: bool) -> tuple[jax.Array, tuple]:
+def policy(ctx: Context, agent: State, carry: Any, obs: jax.Array, key: jax.Array,
+           deterministic: bool) -> tuple[jax.Array, Any]:
     """Actions for evaluation: the mode (discrete) or mean (continuous) when deterministic."""
-    pi = network(ctx).apply(agent.params, obs, method=ActorCritic.policy)
+    carry, pi = step_policy(ctx, agent.params, carry, obs)
     return (pi.mode() if deterministic else pi.sample(seed=key)), carry
+
+
+def forward(ctx: Context, params: dict, data: dict,
+            critic: bool = True) -> tuple[distrax.Distribution, jax.Array | None]:
+    """The policy and (with ``critic``) the value at each of ``data["obs"]``. A recurrent
+    network replays ``data``'s sequences (time-major ``(T, N, ...)``) from the carry
+    ``data["carry"]`` (leaves ``(1, N, ...)``), reset where ``data["first"]`` is set."""
+    net = network(ctx)
+    if ctx.config.recurrent == "none":
+        if not critic:
+            return net.apply(params, data["obs"], method=ActorCritic.policy), None
+        return net.apply(params, data["obs"])
+    carry = jax.tree.map(lambda x: x[0], data["carry"])
+    _, features = networks.unroll(net, params, carry, data["obs"], data["first"])
+    pi = net.apply(params, features, method=RecurrentActorCritic.policy)
+    return pi, (net.apply(params, features, method=RecurrentActorCritic.value) if critic else None)
+
+
+def rollout_outputs(ctx: Context, params: dict, traj: Transition, obs: jax.Array,
+                    next_obs: jax.Array) -> tuple[distrax.Distribution, jax.Array, jax.Array]:
+    """The policy and values at the rollout's (normalised) ``obs``, as the acting policy saw
+    them, and the values of its ``next_obs`` (for bootstrapping). A recurrent network replays
+    the rollout from the carry it started with; each next observation's value comes from the
+    carry its step left, so a truncated episode bootstraps with the episode's memory."""
+    net = network(ctx)
+    if ctx.config.recurrent == "none":
+        pi, values = net.apply(params, obs)
+        return pi, values, net.apply(params, next_obs, method=ActorCritic.value)
+    carries, features = networks.unroll(net, params, traj.carry, obs, traj.first)
+    _, next_features = net.apply(params, carries, net.apply(params, next_obs, method=RecurrentActorCritic.embed),
+                                 method=RecurrentActorCritic.step)
+    value = lambda f: net.apply(params, f, method=RecurrentActorCritic.value)  # noqa: E731
+    return net.apply(params, features, method=RecurrentActorCritic.policy), value(features), value(next_features)
 
 
 def objective_loss(ctx: Context, ratio: jax.Array, adv: jax.Array, pi: distrax.Distribution,
@@ -187,7 +265,7 @@ def loss(ctx: Context, params: dict, mb: dict, reference: dict | None = None,
     around, when it is not enough to know the rollout's log-probabilities: the behaviour policy's
     for the KL objectives, the proximal policy's for PPO-EWMA (None otherwise)."""
     c, hp = ctx.config, ctx.hp
-    pi, value = network(ctx).apply(params, mb["obs"])
+    pi, value = forward(ctx, params, mb)
     log_prob = pi.log_prob(mb["action"])
     adv = mb["advantage"]
     if c.normalize_advantages:  # over the whole minibatch, every device's share of it
@@ -195,7 +273,7 @@ def loss(ctx: Context, params: dict, mb: dict, reference: dict | None = None,
         adv = (adv - mean) / (jnp.sqrt(ctx.mean(jnp.square(adv - mean))) + 1e-8)
     ref_pi, ref_log_prob = None, mb["log_prob"]
     if reference is not None:
-        ref_pi = network(ctx).apply(reference, mb["obs"], method=ActorCritic.policy)
+        ref_pi, _ = forward(ctx, reference, mb, critic=False)
         ref_log_prob = ref_pi.log_prob(mb["action"])
     if c.ewma_decay:  # importance weights behaviour -> proximal on the advantages
         adv = adv * jnp.exp(ref_log_prob - mb["log_prob"])
@@ -228,16 +306,18 @@ def ewma(ctx: Context, agent: State) -> State:
 def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple[State, dict]:
     c, hp = ctx.config, ctx.hp
     obs, next_obs = ctx.normalize(traj.obs), ctx.normalize(traj.next_obs)
-    pi, values = network(ctx).apply(agent.params, obs)  # as the rollout's policy saw them
+    pi, values, next_values = rollout_outputs(ctx, agent.params, traj, obs, next_obs)  # as the acting policy saw them
     log_prob = pi.log_prob(traj.action)
-    next_values = network(ctx).apply(agent.params, next_obs, method=ActorCritic.value)
     advantage, target = returns.gae(traj.reward, values, next_values,
                                     traj.terminated, traj.truncated, hp["gamma"], hp["gae_lambda"])
     if not c.baseline:  # REINFORCE: the returns themselves (the critic only bootstraps cut-off episodes)
         advantage = target
     data = {"obs": obs, "action": traj.action, "log_prob": log_prob,
             "value": values, "advantage": advantage, "target": target}
-    data = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data)  # this device's transitions
+    sequences = c.recurrent != "none"  # minibatches of whole env streams, replayed from the rollout's start carry
+    if sequences:  # (the carry with a time axis of 1, so it is split over the envs like the rest)
+        data |= {"first": traj.first, "carry": jax.tree.map(lambda x: x[None], traj.carry)}
+    batches = data if sequences else jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data)  # this device's
     opt = optimizer(ctx)
     behaviour = agent.params if c.objective in ("kl", "mdpo") else None
 
@@ -248,9 +328,10 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
         agent = agent.replace(params=params, opt_state=opt_state)
         return (ewma(ctx, agent) if c.ewma_decay else agent), metrics
 
-    agent, metrics = batching.epochs(minibatch_step, agent, data, key, c.update_epochs, c.num_minibatches)
+    agent, metrics = batching.epochs(minibatch_step, agent, batches, key, c.update_epochs, c.num_minibatches,
+                                     sequences)
     if c.objective == "kl":  # adapt the coefficient to this update's KL[old, new]
-        new_pi = network(ctx).apply(agent.params, obs, method=ActorCritic.policy)
+        new_pi, _ = forward(ctx, agent.params, data, critic=False)
         kl = ctx.mean(pi.kl_divergence(new_pi))
         metrics = {**metrics, "kl_coef": agent.kl_coef, "update_kl": kl}
         agent = agent.replace(kl_coef=losses.adapt_kl_coef(agent.kl_coef, kl, hp["kl_target"]))
