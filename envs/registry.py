@@ -2,9 +2,10 @@
 
 Names: every gymnax id (`CartPole-v1`, `Breakout-MinAtar`, `MemoryChain-bsuite`, ...),
 `brax/<name>` for brax envs, `probe/<kind>[-continuous]`, and partially observed variants
-(`CartPole-v1-masked`: velocities hidden; any env takes `obs_mask=[...]`). `make` returns the adapted env with its time limit and action
-clipping but without `AutoReset`/`EpisodeStats`: the training loop adds those with
-`wrap_for_training`. Factories import gymnax/brax only when called, so importing this is cheap.
+(`CartPole-v1-masked`: velocities hidden; any env takes `obs_mask=[...]`). `make` returns the
+adapted env with its time limit and action clipping but without `AutoReset`/`EpisodeStats`:
+the training loop adds those with `wrap_for_training`. Factories import gymnax/brax only when
+called, so importing this is cheap.
 
 `make` also takes an import path `package.module:factory` (the form a config's `env` takes for
 an environment of one's own): the module is imported (the current directory first, as
