@@ -164,12 +164,17 @@ def main(argv: list[str] | None = None) -> int:
         "  init:V1:V2...          one initial value per member\n"
         "Example: jaxrl pbt ppo_cartpole --population 8 --interval 10 --explore lr=range:1e-5:1e-2:log "
         "ent_coef=perturb:0.5:2\n", formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("config", metavar="NAME_OR_PATH")
+    t.add_argument("config", nargs="?", metavar="NAME_OR_PATH")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (before --explore)")
-    t.add_argument("--explore", nargs="+", required=True, metavar="NAME=SPEC",
-                   help="traced hyperparameters PBT explores, e.g. lr=range:1e-5:1e-2:log")
+    t.add_argument("--explore", nargs="+", metavar="NAME=SPEC",
+                   help="traced hyperparameters PBT explores, e.g. lr=range:1e-5:1e-2:log (required)")
     t.add_argument("--population", type=int, default=8, metavar="P", help="members per population (default 8)")
-    t.add_argument("--interval", type=int, required=True, metavar="K", help="iterations between exploit steps")
+    t.add_argument("--interval", type=int, metavar="K", help="iterations between exploit steps (required)")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="G",
+                   help="save the populations, the lineage and the metrics to RUN_DIR/checkpoints every G "
+                   "generations (default 0: run as one program, no checkpoints)")
+    t.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the checkpointed PBT run in RUN_DIR bit-identically (its settings are used)")
     t.add_argument("--seeds", type=int, default=1, metavar="N", help="independent populations (default 1)")
     t.add_argument("--truncation", type=float, default=0.25, metavar="F",
                    help="fraction of the population replaced from the top fraction of the same size (default 0.25)")
@@ -256,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args)
         if args.command == "train" and args.resume:
             config = _resume_config(args)
+        elif args.command == "pbt" and args.resume:
+            config = _resume_pbt(args)
         else:
             if args.config is None:
                 parser.error("the following arguments are required: NAME_OR_PATH")
@@ -558,23 +565,53 @@ def parse_explore_items(items: list[str]) -> dict[str, dict]:
     return specs
 
 
+PBT_SETTINGS = ("explore", "population", "interval", "seeds", "fitness", "truncation", "resample_probability",
+                "no_exploit", "checkpoint_every")  # what pbt.json keeps for --resume
+
+
+def _resume_pbt(args: argparse.Namespace):
+    """The config and PBT settings saved in the run folder ``args.resume`` (into ``args``)."""
+    run_dir = Path(args.resume)
+    if not (run_dir / "pbt.json").is_file() or not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a checkpointed jaxrl pbt run folder (no pbt.json and config.yaml)")
+    if args.config is not None or args.overrides or args.explore:
+        raise ConfigError("--resume continues a run with its own config and settings: give no config, overrides or "
+                          "--explore")
+    vars(args).update(json.loads((run_dir / "pbt.json").read_text()))
+    args.config = str(run_dir / "config.yaml")
+    return load_config(args.config)
+
+
 def _pbt(args: argparse.Namespace, config) -> int:
-    explore = parse_explore_items(args.explore)
+    if args.explore is None or args.interval is None:
+        raise ConfigError("jaxrl pbt needs --explore and --interval (or --resume RUN_DIR)")
+    if args.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    explore = args.explore if isinstance(args.explore, dict) else parse_explore_items(args.explore)
     _given_once(explore, args.overrides, "--explore")
     from jaxrl import plots
-    from jaxrl.population import pbt
+    from jaxrl.runner import run_pbt
 
-    name = Path(args.config).stem
+    name = Path(args.config).stem if not args.resume else Path(args.resume).name
     print(f"jaxrl pbt {name}: {config.algo} on {config.env}, {args.seeds} population(s) of {args.population}, "
           f"exploit every {args.interval} iterations{' (off: --no-exploit)' if args.no_exploit else ''}, "
-          f"explore {explore}", flush=True)
+          f"explore {explore}" + (f"; resuming {args.resume}" if args.resume else ""), flush=True)
+    run_dir = Path(args.resume) if args.resume else Path(args.out) / f"pbt-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if not args.resume:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        settings = {k: getattr(args, k) for k in PBT_SETTINGS} | {"explore": explore}
+        (run_dir / "pbt.json").write_text(json.dumps(settings, indent=2) + "\n")
+    checkpoints = run_dir / "checkpoints" if args.checkpoint_every else None
+
+    def saved(generations: int, seconds: float) -> None:
+        print(f"  generation {generations}: checkpoint saved ({seconds:.1f} s of training)", flush=True)
+
     with counting() as cache:
-        result = pbt(config, population=args.population, interval=args.interval, explore=explore, seeds=args.seeds,
-                     fitness=args.fitness, truncation=args.truncation,
-                     resample_probability=args.resample_probability, exploit=not args.no_exploit)
-    run_dir = Path(args.out) / f"pbt-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        result = run_pbt(config, args.population, args.interval, explore, args.seeds, checkpoint_dir=checkpoints,
+                         checkpoint_every=args.checkpoint_every or config.num_iterations, resume=bool(args.resume),
+                         on_save=saved, fitness=args.fitness, truncation=args.truncation,
+                         resample_probability=args.resample_probability, exploit=not args.no_exploit)
     import pandas as pd
 
     pd.DataFrame(list(result.rows())).to_csv(run_dir / "lineage.csv", index=False)
