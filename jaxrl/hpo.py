@@ -45,7 +45,7 @@ from jaxrl.config import Config, ConfigError, suggest
 from jaxrl.loop import compiler_options, hparam_dtype, make_train
 from jaxrl.metrics import FINAL_EPISODES, final_return
 from jaxrl.parallel import seed_mesh
-from jaxrl.population import Explore, pbt
+from jaxrl.population import check_traced, pbt
 from jaxrl.sweeps import gather_hosts, host_friendly
 
 METHODS = ("random", "successive_halving", "pbt")
@@ -77,17 +77,10 @@ def parse_space(config: Config, space: Mapping[str, Any]) -> dict[str, Dimension
     if not isinstance(space, Mapping) or not space:
         raise ConfigError(f"space must map traced hyperparameters to {{'range': [low, high], 'log': bool}} or "
                           f"{{'values': [...]}}, e.g. {{'lr': {{'range': [1e-5, 1e-2], 'log': True}}}}; got {space!r}")
-    traced = config.traced_names()
-    fields = {f.name for f in dataclasses.fields(config)}
     dims = {}
     for name, spec in space.items():
-        if name not in traced:
-            if name in fields:
-                raise ConfigError(f"{name!r} is a static field (it changes the compiled program), so candidates "
-                                  f"cannot share one program; searchable: {', '.join(traced)} (compare static "
-                                  f"choices with a sweep, separate=True)")
-            raise ConfigError(f"unknown hyperparameter {name!r}" + suggest(name, list(traced))
-                              + f"; searchable: {', '.join(traced)}")
+        check_traced(config, name, "candidates cannot share one program (compare static choices with a sweep, "
+                                   "separate=True)")
         if not isinstance(spec, Mapping) or not spec:
             raise ConfigError(f"space[{name!r}] must be a mapping with 'range' (and 'log') or 'values', got {spec!r}")
         unknown = [k for k in spec if k not in DIMENSION_KEYS]

@@ -129,6 +129,19 @@ class PBTResult:
 # ----------------------------------------------------------------------------- specs
 
 
+def check_traced(config: Config, name: str, why_static_fails: str) -> None:
+    """A :class:`ConfigError` unless ``name`` is a traced hyperparameter of ``config``: a static
+    field is refused saying ``why_static_fails``, an unknown name with a suggestion."""
+    traced = config.traced_names()
+    if name in traced:
+        return
+    if name in {f.name for f in dataclasses.fields(config)}:
+        raise ConfigError(f"{name!r} is a static field (it changes the compiled program), so {why_static_fails}; "
+                          f"traced hyperparameters: {', '.join(traced)}")
+    raise ConfigError(f"unknown hyperparameter {name!r}" + suggest(name, list(traced))
+                      + f"; traced hyperparameters: {', '.join(traced)}")
+
+
 def parse_explore(config: Config, explore: Mapping[str, Any], population: int) -> dict[str, Explore]:
     """``explore`` checked against ``config`` and turned into :class:`Explore` specs, or a
     :class:`ConfigError`: unknown or static keys, empty or inverted ranges, bad factors, initial
@@ -136,16 +149,9 @@ def parse_explore(config: Config, explore: Mapping[str, Any], population: int) -
     if not isinstance(explore, Mapping) or not explore:
         raise ConfigError(f"explore must map traced hyperparameters to specs, e.g. "
                           f"{{'lr': {{'range': [1e-5, 1e-2], 'log': True}}}}; got {explore!r}")
-    traced = config.traced_names()
-    fields = {f.name for f in dataclasses.fields(config)}
     specs = {}
     for name, spec in explore.items():
-        if name not in traced:
-            if name in fields:
-                raise ConfigError(f"{name!r} is a static field (it changes the compiled program), so PBT cannot "
-                                  f"change it during a run; traced hyperparameters: {', '.join(traced)}")
-            raise ConfigError(f"unknown hyperparameter {name!r}" + suggest(name, list(traced))
-                              + f"; traced hyperparameters: {', '.join(traced)}")
+        check_traced(config, name, "PBT cannot change it during a run")
         if not isinstance(spec, Mapping):
             raise ConfigError(f"explore[{name!r}] must be a mapping with keys among {SPEC_KEYS}, got {spec!r}")
         unknown = [k for k in spec if k not in SPEC_KEYS]
