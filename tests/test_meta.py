@@ -206,3 +206,28 @@ def test_a_built_strategy_must_fit_the_population_and_parameters(init_params):
     with pytest.raises(ConfigError, match="built for 3 parameters"):
         meta.make_strategy(SNES(population_size=4, solution=jnp.zeros(3)), 4, init_params)
     assert meta.make_strategy("SNES", 4, init_params).population_size == 4
+
+
+SHARDED = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_cpu_collective_call_terminate_timeout_seconds=20"
+import jax, numpy as np, jaxrl
+from jaxrl import meta
+config = jaxrl.load_config("ppo_cartpole", total_steps=512 * 4, objective="dpo", drift="jaxrl.meta.mlp_drift")
+init = meta.init_drift_params(jax.random.key(0), hidden=8)
+two = meta.meta_train(config, init, generations=2, population=4, seeds=2)
+one = meta.meta_train(config, init, generations=2, population=4, seeds=2, devices=jax.devices()[:1])
+assert len(jax.devices()) == 2
+np.testing.assert_allclose(two.seed_fitness, one.seed_fitness, rtol=1e-4)
+for a, b in zip(jax.tree.leaves(two.mean_params), jax.tree.leaves(one.mean_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_members_sharded_over_two_devices_equal_one_device():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
