@@ -353,6 +353,10 @@ def meta_train(config: Config, init_params: Any, generations: int, population: i
     _check(config, init_params, generations, population, seeds, fitness, episodes)
     if not isinstance(resample_seeds, bool):
         raise ConfigError(f"resample_seeds must be true or false, got {resample_seeds!r}")
+    last_seed = config.seed + (generations if resample_seeds else 1) * seeds - 1
+    if last_seed >= 2**31:
+        raise ConfigError(f"the inner runs would use seed values up to {last_seed}, past int32: lower seed, "
+                          f"generations or seeds")
     init_params = jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(float)), init_params)
     es = make_strategy(strategy, population, init_params, strategy_kwargs)
     es_params = es.default_params if strategy_params is None else strategy_params

@@ -180,6 +180,7 @@ def test_without_evosax_the_error_names_the_extra(dpo_config, init_params, monke
     ({"init_params": {"w": np.arange(3)}}, "float arrays only"),
     ({"init_params": {"w": np.array([1.0, np.nan])}}, "NaN or infinite"),
     ({"resample_seeds": "yes"}, "resample_seeds must be true or false"),
+    ({"generations": 2**30 + 1, "seeds": 2}, "seed values up to 2147483649, past int32"),
     ({"strategy": "OpenES"}, "unknown evosax strategy 'OpenES'.*did you mean 'Open_ES'"),
     ({"strategy": "SimpleGA"}, "SimpleGA is a population-based evosax strategy"),
     ({"population": 3}, "evosax Open_ES with population 3"),  # antithetic sampling needs an even population
