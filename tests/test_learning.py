@@ -57,6 +57,9 @@ DQN_SHORT_THRESHOLD = 120.0
     pytest.param("iqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
     pytest.param("mdqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
     pytest.param("pqn_cartpole", {}, 4, 100, 475.0, marks=SLOW),
+    pytest.param("trpo_cartpole", {}, 4, 100, 475.0, marks=SLOW),
+    pytest.param("trpo_pendulum", {}, 4, 100, -250.0, marks=SLOW),
+    pytest.param("impala_cartpole", {}, 4, 100, 475.0, marks=SLOW),  # the acting policy 4 updates behind
 ])
 def test_learns(name, overrides, seeds, episodes, threshold):
     config = jaxrl.load_config(name, **overrides)

@@ -32,6 +32,8 @@ lag learns as if the rollout were on-policy: the uncorrected baseline.)
 Acting runs the actor alone: the rollout's values and log-probabilities are computed at the
 start of ``learn``, batched over the whole rollout (the parameters have not changed since the
 rollout, so they are the same numbers, at a fraction of the per-step cost: +2-5% env steps/s).
+With ``actor_lag`` the acting parameters' log-probabilities (V-trace's behaviour policy) are
+recomputed the same way, from the oldest parameters of the agent's ring.
 """
 
 from __future__ import annotations
