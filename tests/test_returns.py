@@ -390,10 +390,11 @@ def test_q_lambda_hand_computed():
 @pytest.mark.parametrize("shape", [(37, 4), (23, 3, 2), (6, 1)], ids=["T,N", "T,N,K", "short"])
 def test_q_lambda_matches_reference_with_terminations_and_truncations(shape):
     rng = np.random.default_rng(7)
+    compiled = jax.jit(q_lambda)  # one program per shape: gamma and lam are traced
     for gamma, lam, p in [(0.99, 0.95, 0.1), (0.9, 0.5, 0.3), (0.97, 1.0, 0.05), (0.9, 0.0, 0.2)]:
         d = q_batch(rng, shape, p_term=p, p_trunc=p)
         assert d["terminated"].any() and d["truncated"].any() or shape == (6, 1)
-        got = q_lambda(*_q_args(d), gamma, lam)
+        got = compiled(*_q_args(d), gamma, lam)
         want = ref_q_lambda(*_q_args(d), gamma=gamma, lam=lam)
         assert got.shape == shape
         np.testing.assert_allclose(np.asarray(got), want, rtol=RTOL, atol=ATOL, err_msg=f"{gamma} {lam}")
