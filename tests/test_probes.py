@@ -53,7 +53,8 @@ def _dqn_probe_config(kind: str, **options):
     # is 0 at 0), and C51's logits, dueling quantiles and Munchausen's -1.9 need more movement
     {"distributional": "c51", "v_min": -2.0, "v_max": 2.0, "lr": 1e-2},
     {"distributional": "qr", "dueling": True, "lr": 1e-2},
-    {"distributional": "iqn", "num_taus": 8, "num_target_taus": 8, "num_acting_taus": 8},
+    {"distributional": "iqn", "num_taus": 8, "num_target_taus": 8, "num_acting_taus": 8, "num_cosines": 16,
+     "hidden": [64, 64]},  # a smaller network: the costliest probe of the default run
     {"munchausen": True, "double": False, "lr": 1e-2},
 ], ids=["double", "dueling", "polyak-single", "c51", "qr-dueling", "iqn", "munchausen"])
 def test_dqn_solves_every_probe(options):
