@@ -93,6 +93,11 @@ def test_a_lag_of_k_acts_with_the_parameters_of_k_updates_ago():
     moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
              zip(jax.tree.leaves(history[-1]), jax.tree.leaves(history[-1 - lag]))]
     assert max(moved) > 1e-3  # the lagged params really are other params
+    # learn corrects from the ring's oldest params: the same learner with another ring learns otherwise
+    traj = _trajectory(jax.random.key(20))
+    other = agent.replace(lagged=jax.tree.map(lambda x: x[::-1], agent.lagged))
+    assert not np.allclose(learn(agent, traj).params["params"]["actor_out"]["kernel"],
+                           learn(other, traj).params["params"]["actor_out"]["kernel"], rtol=0, atol=1e-7)
     # act samples from the oldest params of the ring: there action 0 is certain, in the learner's 1
     def certain(params, action):
         bias = jnp.array([10.0, -10.0]) if action == 0 else jnp.array([-10.0, 10.0])
