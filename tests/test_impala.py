@@ -48,7 +48,8 @@ def test_without_lag_and_clipping_vtrace_is_the_on_policy_actor_critic():
     agent = jax.jit(lambda key: ppo.init(ctx_v, key))(jax.random.key(0))
     assert agent.lagged is None  # lag 0: no ring of old parameters at all
     traj = _trajectory(jax.random.key(1))
-    vtrace, gae = (ppo.rollout_data(ctx, agent.params, traj, ctx.config.advantage) for ctx in (ctx_v, ctx_g))
+    vtrace, gae = jax.jit(lambda p, t: [ppo.rollout_data(ctx, p, t, ctx.config.advantage)
+                                        for ctx in (ctx_v, ctx_g)])(agent.params, traj)
     assert np.abs(gae["advantage"]).max() > 0.1
     np.testing.assert_allclose(vtrace["target"], gae["target"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(vtrace["advantage"], gae["advantage"], rtol=1e-5, atol=1e-5)
