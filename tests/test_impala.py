@@ -48,7 +48,8 @@ def test_without_lag_and_clipping_vtrace_is_the_on_policy_actor_critic():
     agent = jax.jit(lambda key: ppo.init(ctx_v, key))(jax.random.key(0))
     assert agent.lagged is None  # lag 0: no ring of old parameters at all
     traj = _trajectory(jax.random.key(1))
-    vtrace, gae = (ppo.rollout_data(ctx, agent.params, traj, ctx.config.advantage) for ctx in (ctx_v, ctx_g))
+    vtrace, gae = jax.jit(lambda p, t: [ppo.rollout_data(ctx, p, t, ctx.config.advantage)
+                                        for ctx in (ctx_v, ctx_g)])(agent.params, traj)
     assert np.abs(gae["advantage"]).max() > 0.1
     np.testing.assert_allclose(vtrace["target"], gae["target"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(vtrace["advantage"], gae["advantage"], rtol=1e-5, atol=1e-5)
@@ -93,6 +94,11 @@ def test_a_lag_of_k_acts_with_the_parameters_of_k_updates_ago():
     moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
              zip(jax.tree.leaves(history[-1]), jax.tree.leaves(history[-1 - lag]))]
     assert max(moved) > 1e-3  # the lagged params really are other params
+    # learn corrects from the ring's oldest params: the same learner with another ring learns otherwise
+    traj = _trajectory(jax.random.key(20))
+    other = agent.replace(lagged=jax.tree.map(lambda x: x[::-1], agent.lagged))
+    assert not np.allclose(learn(agent, traj).params["params"]["actor_out"]["kernel"],
+                           learn(other, traj).params["params"]["actor_out"]["kernel"], rtol=0, atol=1e-7)
     # act samples from the oldest params of the ring: there action 0 is certain, in the learner's 1
     def certain(params, action):
         bias = jnp.array([10.0, -10.0]) if action == 0 else jnp.array([-10.0, 10.0])

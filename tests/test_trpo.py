@@ -191,12 +191,12 @@ PARALLEL = textwrap.dedent("""
     import jaxrl
     from jaxrl import parallel
     from jaxrl.algos import ppo, trpo
-    from jaxrl.core import Context, Transition
+    from jaxrl.core import Context, Spec, Transition
+    from jaxrl.envs import Discrete
 
     config = jaxrl.load_config("trpo_cartpole", num_envs=8, num_steps=16, total_steps=1024, hidden=[16],
                                value_epochs=2, value_minibatches=1, max_kl=0.05)
-    spec = jaxrl.make_train(config).spec
-    ctx = Context(config, spec, config.hparams(), jnp.int32(0))
+    ctx = Context(config, Spec((4,), Discrete(2)), config.hparams(), jnp.int32(0))  # CartPole's
     agent = jax.jit(lambda key: trpo.init(ctx, key))(jax.random.key(0))
     k = jax.random.split(jax.random.key(1), 6)
     T, N = config.num_steps, config.num_envs
@@ -254,7 +254,7 @@ def test_data_parallel_learn_equals_one_device_learn(tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     (dict(max_kl=0.0), "max_kl must be > 0"),
-    (dict(cg_damping=-1.0), "cg_damping must be >= 0"),
+    (dict(cg_damping=0.0), "cg_damping must be > 0"),
     (dict(backtrack_ratio=1.0), "backtrack_ratio must be in"),
     (dict(cg_iters=0), "cg_iters must be >= 1"),
     (dict(line_search_steps=0), "line_search_steps must be >= 1"),

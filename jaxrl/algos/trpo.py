@@ -60,7 +60,8 @@ class Config(cfg.Config):
     def validate(self) -> None:
         super().validate()
         cfg.require(self.max_kl > 0, f"max_kl must be > 0, got {self.max_kl}")
-        cfg.require(self.cg_damping >= 0, f"cg_damping must be >= 0, got {self.cg_damping}")
+        cfg.require(self.cg_damping > 0, f"cg_damping must be > 0 (the Fisher matrix is singular: the value "
+                                         f"function's parameters, for one, do not change the policy), got {self.cg_damping}")
         cfg.require(self.value_lr > 0, f"value_lr must be > 0, got {self.value_lr}")
         cfg.require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         for name in ("cg_iters", "line_search_steps", "value_epochs", "value_minibatches"):
@@ -120,8 +121,8 @@ def line_search(objective: Callable[[jax.Array], tuple[jax.Array, jax.Array]], x
     ok = (surrogates > surrogate_old) & (kls <= max_kl)
     first, accepted = jnp.argmax(ok), ok.any()  # argmax: the first True
     taken = jnp.where(accepted, fractions[first], 0.0)
-    return (jnp.where(accepted, x + taken * step, x), taken, jnp.where(accepted, surrogates[first] - surrogate_old, 0.0),
-            jnp.where(accepted, kls[first], 0.0))
+    gain = jnp.where(accepted, surrogates[first] - surrogate_old, 0.0)
+    return jnp.where(accepted, x + taken * step, x), taken, gain, jnp.where(accepted, kls[first], 0.0)
 
 
 def mean_grad(ctx: Context, per_item: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
