@@ -350,7 +350,7 @@ def runnable_changes(draw: st.DrawFn, cls: type) -> dict[str, Any]:
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("algo", ALGOS)
-@fuzz(20)
+@fuzz(5)  # each example compiles a program (~2-5 s): 5 per algorithm keeps the default run's time
 @given(data=st.data())
 def test_accepted_configs_run_with_finite_metrics(algo, data):
     """Fewer configs, compiled and run for 2 iterations. Huge but legal magnitudes (lr=1e30) are

@@ -20,6 +20,15 @@ exponential moving average of the policy's (updated after every optimizer step, 
 as in the paper's code) instead of the behaviour policy, and the advantages are importance-weighted
 by ``pi_prox / pi_behaviour``.
 
+IMPALA (Espeholt et al. 2018) as options: ``actor_lag: k`` makes the acting policy lag the
+learner by ``k`` updates (the agent keeps the parameters of its last ``k`` updates and acts with
+the oldest), so the rollout is off-policy for real, and ``advantage: vtrace`` replaces GAE by
+V-trace's value targets and policy-gradient advantages (:func:`jaxrl.returns.vtrace`, importance
+weights clipped at ``rho_bar`` and traces at ``c_bar``, ``gae_lambda`` as V-trace's lambda),
+corrected from the acting parameters' log-probabilities to the learner's. With ``objective: pg``
+and one epoch of one minibatch this is IMPALA's actor-critic update. (``advantage: gae`` with a
+lag learns as if the rollout were on-policy: the uncorrected baseline.)
+
 ``recurrent: gru`` or ``lstm`` gives the policy memory (:class:`jaxrl.networks.RecurrentActorCritic`:
 a dense embedding, a GRU/LSTM cell of ``rnn_size`` units, actor and critic heads). The cell's
 state is each env's carry in the loop (zeros where an episode starts); the rollout records
@@ -27,11 +36,15 @@ the carry it started from (``Transition.carry``), and ``learn`` trains on sequen
 are whole env streams in time order (``num_minibatches`` splits the envs), replayed from that
 carry with the resets at ``Transition.first``, so before the first update the replay gives the
 acting policy's log-probabilities exactly. (PPO-EWMA's proximal policy is replayed from the same
-start carry, the behaviour policy's.)
+start carry, the behaviour policy's.) With ``actor_lag`` the recorded carries are the acting
+(lagged) policy's: its log-probabilities are replayed exactly, the learner's from the same
+stored carries (as IMPALA's and R2D2's learners start from the actor's stored state).
 
 Acting runs the actor alone: the rollout's values and log-probabilities are computed at the
 start of ``learn``, batched over the whole rollout (the parameters have not changed since the
 rollout, so they are the same numbers, at a fraction of the per-step cost: +2-5% env steps/s).
+With ``actor_lag`` the acting parameters' log-probabilities (V-trace's behaviour policy) are
+recomputed the same way, from the oldest parameters of the agent's ring.
 """
 
 from __future__ import annotations
@@ -76,6 +89,10 @@ class Config(cfg.Config):
     baseline: bool = True  # advantages are returns minus the critic's values; false: the returns (REINFORCE)
     recurrent: str = "none"  # one of RECURRENT: a GRU or LSTM cell between embedding and heads
     rnn_size: int = 128  # recurrent: the cell's units
+    actor_lag: int = 0  # IMPALA: act with the parameters of this many updates ago (0: the learner's own)
+    advantage: str = "gae"  # one of ADVANTAGES: how advantages and value targets are estimated
+    rho_bar: float = cfg.traced(1.0)  # vtrace: clip of the importance weights (targets and policy gradient)
+    c_bar: float = cfg.traced(1.0)  # vtrace: clip of the trace coefficients
 
     def validate(self) -> None:
         super().validate()
@@ -115,8 +132,19 @@ class Config(cfg.Config):
                         f"recurrent: minibatches are whole env streams, but num_envs = {self.num_envs} does not "
                         f"divide into num_minibatches = {self.num_minibatches}")
 
+        cfg.require(self.actor_lag >= 0, f"actor_lag must be >= 0 (updates the acting policy lags), got {self.actor_lag}")
+        cfg.require(self.advantage in ADVANTAGES,
+                    f"advantage must be one of {', '.join(ADVANTAGES)}, got {self.advantage!r}"
+                    + cfg.suggest(self.advantage, list(ADVANTAGES)))
+        cfg.require(self.rho_bar > 0, f"rho_bar must be > 0, got {self.rho_bar}")
+        cfg.require(self.c_bar > 0, f"c_bar must be > 0, got {self.c_bar}")
+        cfg.require(self.baseline or self.advantage == "gae",
+                    "baseline: false (REINFORCE: the advantages are GAE's returns) needs advantage: gae, "
+                    f"got {self.advantage!r}")
+
 
 OBJECTIVES = ("clip", "kl", "spo", "mdpo", "dpo", "pg")
+ADVANTAGES = ("gae", "vtrace")  # GAE (on-policy) or V-trace (off-policy corrected, IMPALA)
 RECURRENT = ("none",) + networks.RNN_CELLS
 
 
@@ -142,7 +170,7 @@ def check(config: Config, spec: Spec, devices: int) -> None:
         raise cfg.ConfigError(
             f"each of {devices} devices learns on num_envs * num_steps / {devices} = {local} transitions, "
             f"which do not divide into num_minibatches = {config.num_minibatches}")
-    if config.recurrent != "none" and (config.num_envs // devices) % config.num_minibatches:
+    if is_recurrent(config) and (config.num_envs // devices) % config.num_minibatches:
         raise cfg.ConfigError(
             f"recurrent: each of {devices} devices splits its num_envs / {devices} = {config.num_envs // devices} "
             f"env streams into minibatches, which do not divide into num_minibatches = {config.num_minibatches}")
@@ -154,11 +182,18 @@ class State(struct.PyTreeNode):
     kl_coef: jax.Array | None = None  # objective kl: the adaptive KL coefficient
     prox_params: dict | None = None  # PPO-EWMA: the proximal policy's parameters ...
     prox_weight: jax.Array | None = None  # ... and the total weight of their average
+    lagged: dict | None = None  # actor_lag k: the params before each of the last k updates, oldest first
+
+
+def is_recurrent(config: cfg.Config) -> bool:
+    """Whether ``config`` asks for a recurrent policy (``recurrent: gru | lstm``). False for the
+    configs of algorithms that use this module's network without the option (TRPO's)."""
+    return getattr(config, "recurrent", "none") != "none"
 
 
 def network(ctx: Context) -> ActorCritic | RecurrentActorCritic:
     c, s = ctx.config, ctx.spec
-    if c.recurrent != "none":
+    if is_recurrent(c):
         return RecurrentActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape,
                                     c.recurrent, c.rnn_size)
     return ActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape)
@@ -166,34 +201,47 @@ def network(ctx: Context) -> ActorCritic | RecurrentActorCritic:
 
 def init_carry(ctx: Context) -> Any:
     """One env's memory at an episode's start: the recurrent cell's zeros, or ``()``."""
-    return () if ctx.config.recurrent == "none" else network(ctx).initial_carry()
+    return network(ctx).initial_carry() if is_recurrent(ctx.config) else ()
 
 
 def optimizer(ctx: Context) -> Optimizer:
     return Optimizer(schedule="linear" if ctx.config.anneal_lr else "constant")
 
 
+def init_params(ctx: Context, key: jax.Array) -> dict:
+    """Fresh parameters of :func:`network`."""
+    obs = jnp.zeros((1, *ctx.spec.obs_shape))
+    if not is_recurrent(ctx.config):
+        return networks.init(network(ctx), key, obs)
+    return networks.init(network(ctx), key, jax.tree.map(lambda x: x[None], init_carry(ctx)), obs)
+
+
 def init(ctx: Context, key: jax.Array) -> State:
     c = ctx.config
-    obs = jnp.zeros((1, *ctx.spec.obs_shape))
-    carry = jax.tree.map(lambda x: x[None], init_carry(ctx))
-    params = networks.init(network(ctx), key, *((obs,) if c.recurrent == "none" else (carry, obs)))
+    params = init_params(ctx, key)
     return State(params, optimizer(ctx).init(params),
                  kl_coef=ctx.hp["kl_coef"] if c.objective == "kl" else None,
                  prox_params=params if c.ewma_decay else None,
-                 prox_weight=jnp.float32(1.0) if c.ewma_decay else None)
+                 prox_weight=jnp.float32(1.0) if c.ewma_decay else None,
+                 lagged=jax.tree.map(lambda x: jnp.stack([x] * c.actor_lag), params) if c.actor_lag else None)
+
+
+def acting_params(agent: State) -> dict:
+    """The parameters the agent acts with: its own, or with ``actor_lag`` those of
+    ``actor_lag`` updates ago (the initial ones until there were that many updates)."""
+    return agent.params if agent.lagged is None else jax.tree.map(lambda x: x[0], agent.lagged)
 
 
 def step_policy(ctx: Context, params: dict, carry: Any, obs: jax.Array) -> tuple[Any, distrax.Distribution]:
     """The policy at one step of a batch of envs (the actor alone), and their carry after it
     (a recurrent cell's next state; unchanged ``()`` for a feed-forward policy)."""
-    if ctx.config.recurrent == "none":
+    if not is_recurrent(ctx.config):
         return carry, network(ctx).apply(params, obs, method=ActorCritic.policy)
     return network(ctx).apply(params, carry, obs, method=RecurrentActorCritic.policy_step)
 
 
 def act(ctx: Context, agent: State, carry: Any, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, Any, dict]:
-    carry, pi = step_policy(ctx, agent.params, carry, obs)
+    carry, pi = step_policy(ctx, acting_params(agent), carry, obs)
     return pi.sample(seed=key), carry, {}
 
 
@@ -204,13 +252,19 @@ def policy(ctx: Context, agent: State, carry: Any, obs: jax.Array, key: jax.Arra
     return (pi.mode() if deterministic else pi.sample(seed=key)), carry
 
 
+def normalized(ctx: Context, x: jax.Array) -> jax.Array:
+    """``x`` shifted and scaled to mean 0 and standard deviation 1 over every device's items."""
+    mean = ctx.mean(x)
+    return (x - mean) / (jnp.sqrt(ctx.mean(jnp.square(x - mean))) + 1e-8)
+
+
 def forward(ctx: Context, params: dict, data: dict,
             critic: bool = True) -> tuple[distrax.Distribution, jax.Array | None]:
     """The policy and (with ``critic``) the value at each of ``data["obs"]``. A recurrent
     network replays ``data``'s sequences (time-major ``(T, N, ...)``) from the carry
     ``data["carry"]`` (leaves ``(1, N, ...)``), reset where ``data["first"]`` is set."""
     net = network(ctx)
-    if ctx.config.recurrent == "none":
+    if not is_recurrent(ctx.config):
         if not critic:
             return net.apply(params, data["obs"], method=ActorCritic.policy), None
         return net.apply(params, data["obs"])
@@ -227,7 +281,7 @@ def rollout_outputs(ctx: Context, params: dict, traj: Transition, obs: jax.Array
     the rollout from the carry it started with; each next observation's value comes from the
     carry its step left, so a truncated episode bootstraps with the episode's memory."""
     net = network(ctx)
-    if ctx.config.recurrent == "none":
+    if not is_recurrent(ctx.config):
         pi, values = net.apply(params, obs)
         return pi, values, net.apply(params, next_obs, method=ActorCritic.value)
     carries, features = networks.unroll(net, params, traj.carry, obs, traj.first)
@@ -267,10 +321,7 @@ def loss(ctx: Context, params: dict, mb: dict, reference: dict | None = None,
     c, hp = ctx.config, ctx.hp
     pi, value = forward(ctx, params, mb)
     log_prob = pi.log_prob(mb["action"])
-    adv = mb["advantage"]
-    if c.normalize_advantages:  # over the whole minibatch, every device's share of it
-        mean = ctx.mean(adv)
-        adv = (adv - mean) / (jnp.sqrt(ctx.mean(jnp.square(adv - mean))) + 1e-8)
+    adv = normalized(ctx, mb["advantage"]) if c.normalize_advantages else mb["advantage"]
     ref_pi, ref_log_prob = None, mb["log_prob"]
     if reference is not None:
         ref_pi, _ = forward(ctx, reference, mb, critic=False)
@@ -303,36 +354,71 @@ def ewma(ctx: Context, agent: State) -> State:
     return agent.replace(prox_params=prox, prox_weight=weight)
 
 
+def rollout_data(ctx: Context, params: dict, traj: Transition, advantage: str = "gae",
+                 behaviour: dict | None = None) -> dict:
+    """The rollout as the learner sees it: normalised observations, actions, the
+    log-probabilities and values of ``params`` (the learner's), advantages and value targets
+    (with the ``gamma`` and ``gae_lambda`` hyperparameters). A feed-forward network's are this
+    device's transitions flattened to ``(T * N, ...)``; a recurrent network's stay time-major
+    sequences ``(T, N, ...)`` with ``first`` and the start ``carry`` (leaves ``(1, N, ...)``),
+    replayed from that carry (:func:`forward`), to be split into minibatches of whole env streams.
+
+    ``advantage="gae"``: GAE, bootstrapping truncated episodes from the final observation's
+    value. ``"vtrace"``: V-trace (clips ``rho_bar`` and ``c_bar``) for a rollout played by the
+    policy of the ``behaviour`` params (None: ``params`` themselves, on-policy).
+    """
+    hp = ctx.hp
+    obs, next_obs = ctx.normalize(traj.obs), ctx.normalize(traj.next_obs)
+    pi, values, next_values = rollout_outputs(ctx, params, traj, obs, next_obs)
+    log_prob = pi.log_prob(traj.action)
+    sequences = {"obs": obs, "first": traj.first, "carry": jax.tree.map(lambda x: x[None], traj.carry)}
+    if advantage == "vtrace":
+        behaviour_log_prob = log_prob if behaviour is None else (
+            forward(ctx, behaviour, sequences, critic=False)[0].log_prob(traj.action))
+        target, adv = returns.vtrace(traj.reward, values, next_values, traj.terminated, traj.truncated,
+                                     log_prob - behaviour_log_prob, hp["gamma"], hp["gae_lambda"],
+                                     hp["rho_bar"], hp["c_bar"], hp["rho_bar"])
+    else:
+        adv, target = returns.gae(traj.reward, values, next_values,
+                                  traj.terminated, traj.truncated, hp["gamma"], hp["gae_lambda"])
+    data = {"obs": obs, "action": traj.action, "log_prob": log_prob, "value": values, "advantage": adv,
+            "target": target}
+    if is_recurrent(ctx.config):
+        return data | sequences
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data)
+
+
+def lag(agent: State, params: dict) -> State:
+    """``agent`` with ``params`` (the parameters before this update) appended to its ring of
+    lagged parameters and the oldest dropped (nothing to do without ``actor_lag``)."""
+    if agent.lagged is None:
+        return agent
+    return agent.replace(lagged=jax.tree.map(lambda ring, p: jnp.concatenate([ring[1:], p[None]]),
+                                             agent.lagged, params))
+
+
 def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple[State, dict]:
     c, hp = ctx.config, ctx.hp
-    obs, next_obs = ctx.normalize(traj.obs), ctx.normalize(traj.next_obs)
-    pi, values, next_values = rollout_outputs(ctx, agent.params, traj, obs, next_obs)  # as the acting policy saw them
-    log_prob = pi.log_prob(traj.action)
-    advantage, target = returns.gae(traj.reward, values, next_values,
-                                    traj.terminated, traj.truncated, hp["gamma"], hp["gae_lambda"])
+    before = agent.params  # the policy before this update: the kl and mdpo objectives' reference
+    # the rollout's log-probabilities and values as the learner's parameters give them (without
+    # actor_lag the acting ones: the same parameters and normalisation statistics)
+    data = rollout_data(ctx, before, traj, c.advantage, None if agent.lagged is None else acting_params(agent))
     if not c.baseline:  # REINFORCE: the returns themselves (the critic only bootstraps cut-off episodes)
-        advantage = target
-    data = {"obs": obs, "action": traj.action, "log_prob": log_prob,
-            "value": values, "advantage": advantage, "target": target}
-    sequences = c.recurrent != "none"  # minibatches of whole env streams, replayed from the rollout's start carry
-    if sequences:  # (the carry with a time axis of 1, so it is split over the envs like the rest)
-        data |= {"first": traj.first, "carry": jax.tree.map(lambda x: x[None], traj.carry)}
-    batches = data if sequences else jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data)  # this device's
+        data["advantage"] = data["target"]
     opt = optimizer(ctx)
-    behaviour = agent.params if c.objective in ("kl", "mdpo") else None
 
     def minibatch_step(agent: State, mb: dict) -> tuple[State, dict]:
-        reference = agent.prox_params if c.ewma_decay else behaviour
+        reference = agent.prox_params if c.ewma_decay else before if c.objective in ("kl", "mdpo") else None
         loss_fn = lambda p, b: loss(ctx, p, b, reference, agent.kl_coef)  # noqa: E731
         params, opt_state, metrics = opt.step(ctx, agent.params, agent.opt_state, loss_fn, mb)
         agent = agent.replace(params=params, opt_state=opt_state)
         return (ewma(ctx, agent) if c.ewma_decay else agent), metrics
 
-    agent, metrics = batching.epochs(minibatch_step, agent, batches, key, c.update_epochs, c.num_minibatches,
-                                     sequences)
+    agent, metrics = batching.epochs(minibatch_step, agent, data, key, c.update_epochs, c.num_minibatches,
+                                     is_recurrent(c))  # recurrent: minibatches of whole env streams
     if c.objective == "kl":  # adapt the coefficient to this update's KL[old, new]
-        new_pi, _ = forward(ctx, agent.params, data, critic=False)
-        kl = ctx.mean(pi.kl_divergence(new_pi))
+        old_pi, new_pi = (forward(ctx, p, data, critic=False)[0] for p in (before, agent.params))
+        kl = ctx.mean(old_pi.kl_divergence(new_pi))
         metrics = {**metrics, "kl_coef": agent.kl_coef, "update_kl": kl}
         agent = agent.replace(kl_coef=losses.adapt_kl_coef(agent.kl_coef, kl, hp["kl_target"]))
-    return agent, metrics
+    return lag(agent, before), metrics
