@@ -132,6 +132,17 @@ class Transition(struct.PyTreeNode):
     carry: Any = ()  # the agent's per-env carry the rollout started from, (N, ...)
 
 
+def fresh_carry(first: jax.Array, initial: Any, carry: Any) -> Any:
+    """``carry`` (batched over envs: leaves ``(N, ...)``) with the envs where ``first`` ``(N,)``
+    is set back to ``initial`` (batched like ``carry``, or one env's carry): where an episode
+    starts, the agent's memory starts afresh (the rollout, and a recurrent learner's replay)."""
+
+    def select(i: jax.Array, c: jax.Array) -> jax.Array:
+        return jnp.where(first.reshape(first.shape + (1,) * (c.ndim - first.ndim)), i, c)
+
+    return jax.tree.map(select, initial, carry)
+
+
 def nan_like(shapes: Any) -> Any:
     """NaN-filled arrays shaped like ``shapes`` (from ``jax.eval_shape``): the metrics of a step
     that was skipped (a ``lax.cond`` branch that did not run)."""

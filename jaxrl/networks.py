@@ -28,6 +28,7 @@ import numpy as np
 from flax import struct
 
 from jaxrl.config import ACTIVATIONS
+from jaxrl.core import fresh_carry
 
 ACTIVATION_FNS = {name: getattr(nn, name) for name in ACTIVATIONS}
 
@@ -294,13 +295,6 @@ class RecurrentActorCritic(nn.Module):
         return self.critic_out(self.critic(features))[..., 0]
 
 
-def reset_carry(first: jax.Array, carry, initial):
-    """``carry`` (batched over envs) with the envs where ``first`` is set replaced by
-    ``initial`` (one env's carry)."""
-    return jax.tree.map(lambda c, i: jnp.where(first.reshape(first.shape + (1,) * (c.ndim - first.ndim)), i, c),
-                        carry, initial)
-
-
 def unroll(network: RecurrentActorCritic, params: dict, carry, obs: jax.Array, first: jax.Array):
     """Replays sequences through ``network``'s cell: from ``carry (N, ...)`` over time-major
     ``obs (T, N, *obs_shape)``, the carry set back to :meth:`RecurrentActorCritic.initial_carry`
@@ -313,7 +307,7 @@ def unroll(network: RecurrentActorCritic, params: dict, carry, obs: jax.Array, f
 
     def step(carry, step_inputs):
         x, first_t = step_inputs
-        carry, features = network.apply(params, reset_carry(first_t, carry, initial), x,
+        carry, features = network.apply(params, fresh_carry(first_t, initial, carry), x,
                                         method=RecurrentActorCritic.step)
         return carry, (carry, features)
 

@@ -17,11 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import struct
 
 from jaxrl import envs
-from jaxrl.core import Transition
+from jaxrl.core import Transition, fresh_carry
 
 
 class Episodes(struct.PyTreeNode):
@@ -43,15 +42,6 @@ class EnvSide(struct.PyTreeNode):
 
 
 Act = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any, dict[str, jax.Array]]]
-
-
-def fresh_carry(first: jax.Array, initial: Any, carry: Any) -> Any:
-    """``carry`` with the envs where ``first`` is set back to ``initial`` (both batched)."""
-
-    def select(a: jax.Array, b: jax.Array) -> jax.Array:
-        return jnp.where(first.reshape(first.shape + (1,) * (a.ndim - first.ndim)), a, b)
-
-    return jax.tree.map(select, initial, carry)
 
 
 def make_rollout(env: envs.Environment, num_envs: int, num_steps: int) -> Callable[..., Any]:

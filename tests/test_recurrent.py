@@ -1,13 +1,16 @@
 """Recurrent PPO (``recurrent: gru | lstm``): the hidden state is each env's carry, reset where
 an episode starts; learning replays whole env streams from the carry the rollout started with,
 so before an update the replay reproduces the acting policy; seeds, resume and evaluation work
-as for feed-forward PPO; bad settings fail before compiling.
+as for feed-forward PPO; it solves the probes and a memory probe (MemoryChain, evaluated with
+the carry); recurrent IMPALA's V-trace corrects from the acting policy replayed; bad settings
+fail before compiling.
 
 The learning thresholds (masked CartPole, MemoryChain) are in the slow suite of test_learning.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -20,10 +23,11 @@ from jaxrl import loop, networks
 from jaxrl.algos import ppo
 from jaxrl.checkpoint import Checkpointer
 from jaxrl.config import ConfigError
-from jaxrl.evaluate import make_play
+from jaxrl.core import fresh_carry
+from jaxrl.envs import probes
 from jaxrl.rollout import make_rollout
 from jaxrl.runs import abstract_state
-from tests.conftest import context
+from tests.conftest import context, on_every_probe, probe_obs
 from tests.test_checkpoint import _raw
 
 # 4 envs x 32 steps: a random CartPole episode lasts ~22 steps, so every rollout holds episode
@@ -88,10 +92,11 @@ def test_unroll_equals_stepping_with_fresh_carries_at_episode_starts(cell):
     first = jnp.zeros((6, 2), bool).at[3, 0].set(True).at[0, 1].set(True)
     start = jax.tree.map(lambda c: c + 0.5, carry)  # memory from before the sequence
     carries, features = jax.jit(lambda p: networks.unroll(net, p, start, obs, first))(params)
+    step = jax.jit(lambda state, first_t, obs_t: net.apply(params, fresh_carry(first_t, net.initial_carry(), state),
+                                                           obs_t))
     state = start
     for t in range(6):
-        state = networks.reset_carry(first[t], state, net.initial_carry())
-        state, pi, value = net.apply(params, state, obs[t])
+        state, pi, value = step(state, first[t], obs[t])
         for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(jax.tree.map(lambda c: c[t], carries))):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         out = net.apply(params, features[t], method=networks.RecurrentActorCritic.policy)
@@ -172,10 +177,9 @@ def test_sequence_minibatches_keep_whole_streams_and_the_value_bootstrap_uses_th
 
 
 def test_evaluation_acts_with_the_carry_as_the_rollout_does(recorded):
-    """``policy`` (evaluation) advances the carry exactly as ``act`` does, and evaluation starts
-    every episode from ``init_carry`` (the loop's evaluation threads the carry through an
-    episode: test_interface; a trained MemoryChain agent's evaluation score needs it: the slow
-    learning test)."""
+    """``policy`` (evaluation) advances the carry exactly as ``act`` does (the loop's evaluation
+    threads it through each episode from ``init_carry``: the memory probe's evaluation scores
+    what only a policy with memory can, test_memory_probe_seeds_and_resume)."""
     ctx, agent = recorded.ctx, recorded.agent
     carry = jax.tree.map(lambda c: c[5, :3], _after_each_step(recorded))  # some mid-rollout memory
     obs = recorded.traj.obs[6, :3]
@@ -188,39 +192,116 @@ def test_evaluation_acts_with_the_carry_as_the_rollout_does(recorded):
     _, greedy_carry = ppo.policy(ctx, agent, carry, obs, jax.random.key(5), True)
     for a, b in zip(jax.tree.leaves(acted), jax.tree.leaves(greedy_carry)):
         np.testing.assert_array_equal(a, b)
-    play = make_play(ctx.config, ppo, ctx.spec, episodes=2, deterministic=True, env_kwargs={}, max_steps=500)
-    assert jax.jit(lambda k: play(ctx, agent, k))(jax.random.key(4)).finished.all()
 
 
-def test_vmapped_seed_equals_single_run_and_resume_is_bit_identical(tmp_path):
-    """Seeds 0 and 1 vmapped, two iterations per compiled chunk: seed 1 matches its run alone;
-    a checkpoint after the first chunk (the hidden states are in the env side of the state)
-    restores to a state that continues bit-identically. (The runner's resume, the same for
-    every algorithm, is tested in test_checkpoint.py: here each program compiles once.) With an
-    LSTM, whose carry is a pair of arrays per env."""
-    config = _config(recurrent="lstm")
+# LSTM (its carry is a pair of arrays per env) on bsuite's MemoryChain with memory_length 4: the
+# context bit shows in an episode's first two observations and is rewarded (+1, else -1) at its
+# fifth step, three observations later; a policy without memory scores 0 in expectation
+MEMORY_PROBE = dict(env="MemoryChain-bsuite", env_kwargs={"memory_length": 4}, recurrent="lstm", rnn_size=16,
+                    hidden=[16], num_envs=16, num_steps=8, num_minibatches=2, update_epochs=2, lr=3e-3,
+                    anneal_lr=False, ent_coef=0.0, gamma=0.9, total_steps=64 * 128, eval_every=64,
+                    eval_episodes=32, eval_max_steps=16)
+
+
+def test_memory_probe_seeds_and_resume(tmp_path):
+    """Seeds 0 and 1 vmapped through one compiled chunk of two iterations, 32 times:
+
+    - after the first chunk, seed 1 equals its run alone (the single-seed chunk);
+    - a checkpoint after 16 chunks (the hidden states are in the env side of the state) restores
+      to a state that continues bit-identically to the end (the runner's resume, the same for
+      every algorithm, is tested in test_checkpoint.py: here each program compiles once);
+    - both seeds solve the memory probe: the final deterministic evaluation in the loop, which
+      carries the memory through each episode, recalls the context in all 32 episodes (where
+      in measurements both learned it in ~30 of the 64 iterations)."""
+    config = _config(**MEMORY_PROBE)
     train = jaxrl.make_train(config)
-    chunk = functools.partial(train.run_chunk, length=2)
+    options = jaxrl.compiler_options()
     keys = jaxrl.seed_keys(config.seed, 2)
-    state = jax.jit(jax.vmap(train.init), compiler_options=jaxrl.compiler_options())(keys)
-    vmapped = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, None)), compiler_options=jaxrl.compiler_options())
-    halfway, first_metrics = vmapped(state, None, jnp.int32(0), None)
-    assert [x.shape for x in jax.tree.leaves(halfway.env.carry)] == [(2, config.num_envs, config.rnn_size)] * 2
+    state = jax.jit(jax.vmap(train.init), compiler_options=options)(keys)
+    chunk = functools.partial(train.run_chunk, length=2)
+    vmapped = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, None)), compiler_options=options)
+
+    def chunks(state, start, stop):
+        for i in range(start, stop, 2):
+            state, metrics = vmapped(state, None, jnp.int32(i), None)
+        return state, metrics
+
+    first, first_metrics = chunks(state, 0, 2)
+    assert [x.shape for x in jax.tree.leaves(first.env.carry)] == [(2, config.num_envs, config.rnn_size)] * 2
+    single = jax.jit(chunk, compiler_options=options)
+    one = jax.jit(train.init, compiler_options=options)(jax.random.key(config.seed + 1))
+    one, one_metrics = single(one, None, jnp.int32(0), None)
+    for x, y in zip(jax.tree.leaves(first.agent.params), jax.tree.leaves(one.agent.params)):
+        np.testing.assert_allclose(np.asarray(x)[1], np.asarray(y), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(first_metrics["loss"])[1], np.asarray(one_metrics["loss"]), rtol=1e-4,
+                               atol=1e-5)
+
+    halfway, metrics = chunks(first, 2, 32)
     with Checkpointer(tmp_path, async_save=False) as ckpt:
-        ckpt.save(halfway, jax.device_get(first_metrics), config=config.to_dict(), num_seeds=2, chunk_size=2)
+        ckpt.save(halfway, jax.device_get(metrics), config=config.to_dict(), num_seeds=2, chunk_size=2)
         restored = ckpt.restore(abstract_state(config, 2)).state
-    full = vmapped(halfway, None, jnp.int32(2), None)
-    resumed = vmapped(restored, None, jnp.int32(2), None)
+    full, metrics = chunks(halfway, 32, 64)
+    resumed, _ = chunks(restored, 32, 64)
     for x, y in zip(_raw(full), _raw(resumed)):
         np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(np.asarray(metrics["eval_return"])[:, -1], [1.0, 1.0])
 
-    single = jax.jit(chunk, compiler_options=jaxrl.compiler_options())
-    one = jax.jit(train.init, compiler_options=jaxrl.compiler_options())(jax.random.key(config.seed + 1))
-    one, _ = single(one, None, jnp.int32(0), None)
-    one, one_metrics = single(one, None, jnp.int32(2), None)
-    for x, y in zip(jax.tree.leaves(full[0].agent.params), jax.tree.leaves(one.agent.params)):
-        np.testing.assert_allclose(np.asarray(x)[1], np.asarray(y), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(full[1]["loss"])[1], np.asarray(one_metrics["loss"]), rtol=1e-4, atol=1e-5)
+
+# the probes: PPO's probe settings (tests/test_probes.py) with a small GRU
+PROBE = dict(env="probe/constant", recurrent="gru", rnn_size=16, hidden=[16], total_steps=24_576, num_envs=16,
+             num_steps=8, num_minibatches=4, update_epochs=4, lr=3e-3, gamma=0.9, ent_coef=0.0, anneal_lr=False)
+
+
+def test_recurrent_ppo_solves_every_probe():
+    """Values and greedy actions from a fresh carry at each probe's observations (probe/discount's
+    second observation after its first: the values of one episode replayed) are the optimal ones."""
+    train, agent_on = on_every_probe(_config(**PROBE))
+    ctx = context(train)
+    net = ppo.network(ctx)
+    for i, kind in enumerate(probes.PROBES):
+        obs, params = probe_obs(kind), agent_on(i).params
+        # probe/discount's two observations are one episode's two steps; the others' separate episodes
+        sequences = obs[:, None] if kind == "discount" else obs[None]
+        carry = _broadcast(ppo.init_carry(ctx), sequences.shape[1])
+        first = jnp.zeros(sequences.shape[:2], bool).at[0].set(True)
+        _, features = networks.unroll(net, params, carry, sequences, first)
+        value = net.apply(params, features, method=networks.RecurrentActorCritic.value).reshape(-1)
+        np.testing.assert_allclose(value, probes.optimal_value(kind, obs, 0.9), atol=0.1, err_msg=kind)
+        if kind in ("action", "obs-action"):
+            pi = net.apply(params, features, method=networks.RecurrentActorCritic.policy)
+            np.testing.assert_array_equal(pi.mode().reshape(-1), np.asarray(probes.optimal_action(kind, obs, False))
+                                          .reshape(-1), err_msg=kind)
+            assert np.all(pi.probs.max(-1) > 0.9), kind
+
+
+def test_vtrace_behaviour_log_probs_are_the_acting_ones_replayed(recorded, monkeypatch):
+    """Recurrent IMPALA (``actor_lag``, ``advantage: vtrace``): the behaviour policy's
+    log-probabilities V-trace corrects from are the acting (lagged) parameters' replayed from
+    the stored start carry, exactly those the rollout acted with; the learner's own differ."""
+    traj, ctx = recorded.traj, recorded.ctx
+    config = dataclasses.replace(ctx.config, actor_lag=1, advantage="vtrace")
+    ctx = ctx._replace(config=config, hp=config.hparams())
+    acting = recorded.agent.params
+    learner = jax.tree.map(lambda x: x * 1.1, acting)
+    agent = recorded.agent.replace(params=learner, lagged=jax.tree.map(lambda x: x[None], acting))
+    seen = {}
+    vtrace = ppo.returns.vtrace
+
+    def spy_vtrace(reward, values, next_values, terminated, truncated, log_rho, *args):
+        seen["log_rho"] = log_rho
+        return vtrace(reward, values, next_values, terminated, truncated, log_rho, *args)
+
+    def spy_epochs(step, agent, data, key, epochs, minibatches, sequences=False):
+        seen.update(data)
+        return agent, {}
+
+    monkeypatch.setattr(ppo.returns, "vtrace", spy_vtrace)
+    monkeypatch.setattr(ppo.batching, "epochs", spy_epochs)
+    after, _ = ppo.learn(ctx, agent, traj.replace(extras={}), jax.random.key(3))
+    np.testing.assert_allclose(seen["log_prob"] - seen["log_rho"], traj.extras["log_prob"], rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(seen["log_rho"])).max() > 1e-3
+    for x, y in zip(jax.tree.leaves(after.lagged), jax.tree.leaves(learner)):  # the ring moved on
+        np.testing.assert_array_equal(np.asarray(x)[0], y)
 
 
 @pytest.mark.parametrize("overrides, message", [
