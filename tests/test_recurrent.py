@@ -31,9 +31,13 @@ from tests.conftest import context, on_every_probe, probe_obs
 from tests.test_checkpoint import _raw
 
 # 4 envs x 32 steps: a random CartPole episode lasts ~22 steps, so every rollout holds episode
-# starts in the middle of env streams and streams that begin mid-episode
-SMALL = dict(env="CartPole-v1-masked", recurrent="gru", rnn_size=16, hidden=[16], num_envs=4, num_steps=32,
-             num_minibatches=2, update_epochs=2, total_steps=4 * 128)
+# starts in the middle of env streams and streams that begin mid-episode. The learning settings
+# the tests rely on are given here, not taken from the bundled config's tuning (unscaled rewards:
+# the probes compare values with the env's returns).
+SMALL = dict(env="CartPole-v1-masked", recurrent="gru", rnn_size=16, hidden=[16], activation="relu", num_envs=4,
+             num_steps=32, num_minibatches=2, update_epochs=2, total_steps=4 * 128, normalize_reward=False,
+             normalize_obs=False, gamma=0.99, gae_lambda=0.95, clip_eps=0.2, vf_coef=0.5, ent_coef=0.01,
+             max_grad_norm=0.5)
 
 
 def _config(**overrides):
