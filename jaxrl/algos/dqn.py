@@ -154,9 +154,10 @@ def network(ctx: Context) -> networks.QNetwork | networks.ImplicitQuantileNetwor
     c, s = ctx.config, ctx.spec
     if c.distributional == "iqn":
         return networks.ImplicitQuantileNetwork(s.action_dim, c.hidden, c.activation, c.dueling, s.obs_shape,
-                                                num_cosines=c.num_cosines)
+                                                conv=c.conv, num_cosines=c.num_cosines)
     atoms = {"c51": c.num_atoms, "qr": c.num_quantiles}.get(c.distributional)
-    return networks.QNetwork(s.action_dim, c.hidden, c.activation, c.dueling, s.obs_shape, num_atoms=atoms)
+    return networks.QNetwork(s.action_dim, c.hidden, c.activation, c.dueling, s.obs_shape, conv=c.conv,
+                             num_atoms=atoms)
 
 
 def outputs(ctx: Context, params: dict, obs: jax.Array, key: jax.Array, num_taus: int,

@@ -157,7 +157,7 @@ class State(struct.PyTreeNode):
 
 def network(ctx: Context) -> ActorCritic:
     c, s = ctx.config, ctx.spec
-    return ActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape)
+    return ActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape, c.conv)
 
 
 def optimizer(ctx: Context) -> Optimizer:
