@@ -160,10 +160,10 @@ def flatten_obs(obs: jax.Array, obs_shape: tuple[int, ...]) -> jax.Array:
     return obs.reshape(obs.shape[: obs.ndim - len(obs_shape)] + (-1,))
 
 
-Conv = Sequence[Sequence[int]]  # convolutions as (features, kernel, stride)
+Convs = Sequence[Sequence[int]]  # convolutions as (features, kernel, stride)
 
 
-def conv_output_shape(obs_shape: tuple[int, ...], conv: Conv) -> tuple[int, int, int]:
+def conv_output_shape(obs_shape: tuple[int, ...], conv: Convs) -> tuple[int, int, int]:
     """The (height, width, features) that the ``conv`` layers make of images of ``obs_shape``,
     or a ValueError when the observations are not images or a kernel outgrows what is left."""
     if len(obs_shape) != 3:
@@ -179,22 +179,54 @@ def conv_output_shape(obs_shape: tuple[int, ...], conv: Conv) -> tuple[int, int,
     return height, width, channels
 
 
-def obs_features(obs: jax.Array, obs_shape: tuple[int, ...], conv: Conv = (), activation: str = "relu",
+def convolve(x: jax.Array, kernel: jax.Array, stride: int, by_matmul: bool | None = None) -> jax.Array:
+    """The 'VALID' convolution of images ``x (..., H, W, C)`` (any leading batch axes) with a
+    square ``kernel (k, k, C, F)``: (..., H', W', F).
+
+    ``by_matmul`` (default: on CPU) computes it as one matmul over the k*k strided views of the
+    image (im2col by slicing), the same sums as ``lax.conv``: differentiating XLA's CPU
+    convolution inside a ``scan`` (every minibatch loop) measured 9x slower (STACK-NOTES).
+    """
+    k, (h, w, c) = kernel.shape[0], x.shape[-3:]
+    out_h, out_w = (h - k) // stride + 1, (w - k) // stride + 1
+    if jax.default_backend() == "cpu" if by_matmul is None else by_matmul:
+        views = [x[..., i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :]
+                 for i in range(k) for j in range(k)]  # (kh, kw, C) order, as the kernel's rows
+        return jnp.concatenate(views, axis=-1) @ kernel.reshape(k * k * c, -1)
+    y = jax.lax.conv_general_dilated(x.reshape(-1, h, w, c), kernel, (stride, stride), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape(x.shape[:-3] + y.shape[-3:])
+
+
+class Conv(nn.Module):
+    """A :func:`convolve` layer with an orthogonal sqrt(2)-gain (k, k, C, features) kernel (in
+    :func:`init`'s shared draw) and a zero bias."""
+
+    features: int
+    kernel: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (self.kernel, self.kernel, x.shape[-1], self.features)
+        kernel = self.param("kernel", orthogonal(float(np.sqrt(2))), shape)
+        return convolve(x, kernel, self.stride) + self.param("bias", nn.initializers.zeros, (self.features,))
+
+
+def obs_features(obs: jax.Array, obs_shape: tuple[int, ...], conv: Convs = (), activation: str = "relu",
                  layer_norm: bool = False) -> jax.Array:
     """The observation features the dense layers see: ``obs (..., *obs_shape)`` flattened to
     ``(..., features)``, after the ``conv`` layers when given (call inside a compact module).
 
     With ``conv``, ``obs_shape`` is an image (H, W, C) (channels last, as MinAtar's and gymnax's
-    pixel envs give them); each convolution is (features, kernel, stride) with a square kernel,
-    'VALID' padding (as the MinAtar paper's network and PQN's), an orthogonal sqrt(2)-gain kernel
-    and zero bias, then a LayerNorm over its features when ``layer_norm``, then ``activation``.
-    Any number of leading batch axes.
+    pixel envs give them); each convolution (features, kernel, stride) is a :class:`Conv`
+    ('VALID', as the MinAtar paper's network and PQN's), then a LayerNorm over its features when
+    ``layer_norm``, then ``activation``.
     """
     if conv:
         conv_output_shape(obs_shape, conv)  # a clear error for images the kernels do not fit
         for features, kernel, stride in conv:
-            obs = nn.Conv(features, (kernel, kernel), strides=stride, padding="VALID",
-                          kernel_init=orthogonal(float(np.sqrt(2))), bias_init=nn.initializers.zeros)(obs)
+            obs = Conv(features, kernel, stride)(obs)
             if layer_norm:
                 obs = nn.LayerNorm()(obs)
             obs = ACTIVATION_FNS[activation](obs)
@@ -218,7 +250,7 @@ class MLP(nn.Module):
     activation: str = "tanh"
     obs_shape: tuple[int, ...] = ()  # the per-observation shape, flattened to one axis
     layer_norm: bool = False
-    conv: Conv = ()
+    conv: Convs = ()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -248,7 +280,7 @@ class ActorCritic(nn.Module):
     hidden: Sequence[int]
     activation: str = "tanh"
     obs_shape: tuple[int, ...] = ()
-    conv: Conv = ()
+    conv: Convs = ()
 
     def setup(self) -> None:
         self.actor = MLP(self.hidden, self.activation, self.obs_shape, conv=self.conv)
@@ -281,7 +313,7 @@ class _ActionValues(nn.Module):
     dueling: bool = False
     obs_shape: tuple[int, ...] = ()
     layer_norm: bool = False
-    conv: Conv = ()
+    conv: Convs = ()
 
 
 class QNetwork(_ActionValues):
@@ -394,7 +426,7 @@ class QCritic(nn.Module):
     layer_norm: bool = False
     num_quantiles: int | None = None
     obs_shape: tuple[int, ...] = ()
-    conv: Conv = ()  # applied to the observation, before the action joins it
+    conv: Convs = ()  # applied to the observation, before the action joins it
 
     def __post_init__(self) -> None:
         _check_positive("num_quantiles", self.num_quantiles, optional=True)
@@ -426,7 +458,7 @@ class QCriticEnsemble(nn.Module):
     layer_norm: bool = False
     num_quantiles: int | None = None
     obs_shape: tuple[int, ...] = ()
-    conv: Conv = ()
+    conv: Convs = ()
 
     def __post_init__(self) -> None:
         _check_positive("num_critics", self.num_critics)
@@ -451,7 +483,7 @@ class DiscreteCriticEnsemble(nn.Module):
     activation: str = "relu"
     layer_norm: bool = False
     obs_shape: tuple[int, ...] = ()
-    conv: Conv = ()
+    conv: Convs = ()
 
     def __post_init__(self) -> None:
         _check_positive("num_critics", self.num_critics)
@@ -502,7 +534,7 @@ class _BoundedActor(nn.Module):
     activation: str = "relu"
     layer_norm: bool = False
     obs_shape: tuple[int, ...] = ()
-    conv: Conv = ()
+    conv: Convs = ()
 
     def __post_init__(self) -> None:
         low, high = action_bounds(self.action_low, self.action_high)
@@ -631,7 +663,7 @@ class CategoricalActor(nn.Module):
     activation: str = "relu"
     layer_norm: bool = False
     obs_shape: tuple[int, ...] = ()
-    conv: Conv = ()
+    conv: Convs = ()
 
     def __post_init__(self) -> None:
         _check_positive("num_actions", self.num_actions)

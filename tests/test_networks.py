@@ -470,6 +470,16 @@ def test_every_network_takes_the_conv_torso():
         jax.eval_shape(net.apply, params, *inputs)  # runs on images
 
 
+@pytest.mark.parametrize("by_matmul", [True, False])
+def test_convolve_by_matmul_and_by_lax_conv_match_numpy(by_matmul):
+    x = np.asarray(jax.random.normal(jax.random.key(0), (2, 9, 7, 3)))
+    kernel = np.asarray(jax.random.normal(jax.random.key(1), (3, 3, 3, 5)))
+    got = jax.jit(networks.convolve, static_argnums=(2, 3))(x, kernel, 2, by_matmul)
+    assert got.shape == (2, 4, 3, 5)
+    for b in range(2):
+        np.testing.assert_allclose(got[b], conv_reference(x[b], kernel, np.zeros(5), 2), rtol=1e-4, atol=1e-4)
+
+
 def test_conv_needs_image_observations_its_kernels_fit():
     with pytest.raises(ValueError, match="image observations"):
         init(networks.MLP((4,), conv=((4, 3, 1),), obs_shape=(5,)), jax.random.key(0), OBS)
