@@ -15,6 +15,7 @@ import math
 import re
 import struct
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -117,8 +118,7 @@ class Config:
         require(all(len(layer) == 3 and min(layer) >= 1 for layer in self.conv),
                  f"conv must list convolutions as [features, kernel, stride] of positive integers, got "
                  f"{[list(layer) for layer in self.conv]}")
-        require(self.activation in ACTIVATIONS,
-                 f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        require_one_of("activation", self.activation, ACTIVATIONS)
         require(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
         require(self.eval_every <= self.num_iterations,
                  f"eval_every={self.eval_every} is more than the run's {self.num_iterations} iterations, "
@@ -172,6 +172,12 @@ class Config:
 def require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def require_one_of(name: str, value: Any, options: Sequence[str]) -> None:
+    """A :class:`ConfigError` naming the options (and the close ones) unless ``value`` is one."""
+    require(value in options, f"{name} must be one of {', '.join(options)}, got {value!r}"
+            + suggest(str(value), list(options)))
 
 
 def _fits_float32(x: float) -> bool:

@@ -108,9 +108,8 @@ class Config(replay.Config):
 
     def _validate_variant(self) -> None:
         """The distributional and Munchausen options and the combinations they allow."""
-        cfg.require(self.distributional in DISTRIBUTIONAL, f"distributional must be one of "
-                    f"{', '.join(DISTRIBUTIONAL)}, got {self.distributional!r}")
-        cfg.require(self.risk in networks.RISKS, f"risk must be one of {', '.join(networks.RISKS)}, got {self.risk!r}")
+        cfg.require_one_of("distributional", self.distributional, DISTRIBUTIONAL)
+        cfg.require_one_of("risk", self.risk, networks.RISKS)
         cfg.require(self.num_atoms >= 2, f"num_atoms must be >= 2, got {self.num_atoms}")
         cfg.require(self.v_min < self.v_max, f"need v_min < v_max, got {self.v_min} and {self.v_max}")
         for name in ("num_quantiles", "num_taus", "num_target_taus", "num_acting_taus", "num_cosines"):

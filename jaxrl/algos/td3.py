@@ -49,8 +49,7 @@ class Config(ac.Config):
 
     def validate(self) -> None:
         super().validate()
-        cfg.require(self.exploration in EXPLORATION,
-                    f"exploration must be one of {', '.join(EXPLORATION)}, got {self.exploration!r}")
+        cfg.require_one_of("exploration", self.exploration, EXPLORATION)
         for name in ("exploration_noise", "target_noise", "target_noise_clip"):
             cfg.require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         if self.exploration == "per_env":
