@@ -43,6 +43,8 @@ def test_a_tiny_cnn_pqn_run_trains_its_convolutions():
 @pytest.mark.parametrize("name, threshold", [
     # PQN, 3e6 steps: 18.7 / 27.5 measured (10.0 / 9.0 at 5e5); random play scores ~0.3
     ("pqn_breakout_minatar", 15.0),
+    # PPO, 2e6 steps: 23.8 / 20.0 measured (21.2 / 20.0 at 5e5)
+    ("ppo_breakout_minatar", 15.0),
 ])
 def test_learns_breakout_minatar(name, threshold):
     """Published order on Breakout-MinAtar within a few million steps (gymnax's PPO baseline: 28;
