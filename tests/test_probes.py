@@ -55,7 +55,10 @@ def _dqn_probe_config(kind: str, **options):
     {"distributional": "qr", "dueling": True, "lr": 1e-2},
     {"distributional": "iqn", "num_taus": 8, "num_target_taus": 8, "num_acting_taus": 8},
     {"munchausen": True, "double": False, "lr": 1e-2},
-], ids=["double", "dueling", "polyak-single", "c51", "qr-dueling", "iqn", "munchausen"])
+    # Rainbow: the values and actions are the mean network's (no noise); epsilon stays the probes'
+    {"distributional": "c51", "v_min": -2.0, "v_max": 2.0, "lr": 1e-2, "dueling": True, "n_step": 3,
+     "prioritized": True, "noisy": True, "num_atoms": 21},
+], ids=["double", "dueling", "polyak-single", "c51", "qr-dueling", "iqn", "munchausen", "rainbow"])
 def test_dqn_solves_every_probe(options):
     train, agent = on_every_probe(_dqn_probe_config("constant", **options))
     # Munchausen's bonus alpha * clip(tau log pi(a|s), l0, 0) is about 0 for the greedy action
@@ -63,7 +66,7 @@ def test_dqn_solves_every_probe(options):
     config = train.config
     wrong = -1.0 + (config.munchausen_alpha * config.log_policy_clip if config.munchausen else 0.0)
     for i, kind in enumerate(probes.PROBES):
-        q = dqn.q_values(context(train), agent(i).params, _obs(kind), jax.random.key(1))
+        q = dqn.q_values(context(train), agent(i).params, _obs(kind), jax.random.key(1), noise=False)
         np.testing.assert_allclose(q.max(-1), probes.optimal_value(kind, _obs(kind), GAMMA), atol=0.1, err_msg=kind)
         if kind == "discount":  # V(first step) = gamma: closer than the 1 - gamma a learner ignoring gamma is off by
             np.testing.assert_allclose(q.max(-1)[0], GAMMA, atol=0.05)

@@ -1,0 +1,317 @@
+"""Rainbow's parts as options of dqn: prioritized replay (against NumPy and a chi-square test),
+noisy layers (their noise against the factorised formula), and the combination: vmapped seeds,
+resume, bad configs. The rainbow probe test is in test_probes.py, the learning test in
+test_learning.py (slow suite)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import jaxrl
+from jaxrl import networks, replay
+from jaxrl.algos import dqn
+from jaxrl.config import ConfigError
+from jaxrl.core import Context, Transition
+from jaxrl.runner import train_seeds
+from tests.test_checkpoint import Interrupted, assert_same_run
+
+ALPHA = 0.7
+# jitted, each helper compiles once per buffer shape instead of every operation on its own
+_add = jax.jit(replay.add)
+_update = jax.jit(replay.update_priorities)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _buffer(envs: int, capacity: int, length: int, steps: int) -> replay.Buffer:
+    """A prioritized buffer of ``envs`` x ``capacity`` slots after ``steps`` added steps (in
+    rollouts of 3 and a shorter last one); item ``t`` of env ``e`` at step ``s`` is ``100 * e + s``."""
+    buf = replay.create({"t": jnp.int32(0)}, envs, capacity, prioritized=length)
+    for start in range(0, steps, 3):
+        s = np.arange(start, min(start + 3, steps))
+        buf = replay.add(buf, {"t": jnp.asarray(s[:, None] + 100 * np.arange(envs), jnp.int32)})
+    return buf
+
+
+def _at(env, slot) -> replay.Drawn:
+    """Items to write priorities to, as a draw would give them."""
+    return replay.Drawn(jnp.asarray(env), jnp.asarray(slot), None, None, None)
+
+
+def _drawable_items(buf: replay.Buffer) -> tuple[np.ndarray, np.ndarray]:
+    ok = np.asarray(replay.drawable(buf, buf.priorities.length))
+    return np.nonzero(np.broadcast_to(ok, (buf.num_envs, buf.capacity)))
+
+
+def _with_random_priorities(buf: replay.Buffer, seed: int = 0) -> replay.Buffer:
+    """Every drawable item gets a priority in [0.05, 3] (a spread a uniform draw cannot match)."""
+    env, slot = _drawable_items(buf)
+    priority = np.random.default_rng(seed).uniform(0.05, 3.0, len(env)).astype(np.float32)
+    return _update(buf, _at(env, slot), jnp.asarray(priority), ALPHA)
+
+
+def _probabilities(buf: replay.Buffer) -> np.ndarray:
+    """NumPy's P(i) = p_i^alpha / sum_k p_k^alpha over the drawable items, 0 elsewhere."""
+    ok = np.asarray(replay.drawable(buf, buf.priorities.length))
+    weight = np.where(ok, np.asarray(buf.priorities.value, np.float64), 0.0)
+    return weight / weight.sum()
+
+
+@functools.partial(jax.jit, static_argnames="prioritized")
+def _draws(buf: replay.Buffer, keys: jax.Array, prioritized: bool = True) -> tuple[replay.Drawn, jax.Array]:
+    """A draw of 256 items per key, and the drawn windows' ``t``, ``(keys, 256, length)``."""
+    length = buf.priorities.length
+    drawn = jax.vmap(lambda k: replay.draw(buf, k, 256, length, prioritized))(keys)
+    return drawn, jax.vmap(lambda d: replay.take(buf, d, length)["t"])(drawn)
+
+
+def _counts(buf: replay.Buffer, drawn: replay.Drawn) -> np.ndarray:
+    counts = np.zeros((buf.num_envs, buf.capacity))
+    np.add.at(counts, (np.asarray(drawn.env).ravel(), np.asarray(drawn.slot).ravel()), 1)
+    return counts
+
+
+def _chi_square_p_value(counts: np.ndarray, probabilities: np.ndarray) -> float:
+    """The p-value of the counts under the probabilities (the cells of positive probability;
+    a count in a cell of probability 0 is an outright failure)."""
+    assert counts[probabilities == 0].sum() == 0
+    cells = probabilities > 0
+    expected = counts.sum() * probabilities[cells]
+    statistic = ((counts[cells] - expected) ** 2 / expected).sum()
+    return float(stats.chi2.sf(statistic, cells.sum() - 1))
+
+
+@pytest.mark.parametrize("length, steps", [(1, 6), (3, 13)], ids=["steps-part-filled", "windows-wrapped"])
+def test_prioritized_draws_follow_p_alpha_and_a_uniform_draw_fails_the_same_test(length, steps):
+    buf = _with_random_priorities(_buffer(3, 8, length, steps))
+    if length > 1:
+        # windows never cross the write position: the largest priority so far becomes huge, the
+        # next step gets it (written last, it is the end of no drawable window), then the item
+        # that raised it gets an ordinary priority back
+        huge = _at([0], [int(_drawable_items(buf)[1][0])])
+        buf = _update(buf, huge, jnp.array([1e6]), ALPHA)
+        buf = _add(buf, {"t": jnp.asarray([[13, 113, 213]], jnp.int32)})  # size 8, write position 6
+        buf = _update(buf, huge, jnp.array([1.0]), ALPHA)
+        newest = [5, 4]  # slots of steps 13 and 12: windows starting there would cross into the oldest
+        np.testing.assert_allclose(buf.priorities.value[:, newest[0]], 1e6**ALPHA, rtol=1e-6)
+        assert (_probabilities(buf)[:, newest] == 0).all()
+    probabilities = _probabilities(buf)
+    keys = jax.random.split(jax.random.key(0), 200)  # 51200 draws
+    prioritized, windows = _draws(buf, keys)
+    assert _chi_square_p_value(_counts(buf, prioritized), probabilities) > 1e-3  # also: none of P = 0
+    # the test has the power to tell: uniform draws over the same items fail it outright
+    uniform, _ = _draws(buf, keys, False)
+    assert _chi_square_p_value(_counts(buf, uniform), probabilities) < 1e-12
+    windows = np.asarray(windows).reshape(-1, length)
+    np.testing.assert_array_equal(np.diff(windows, axis=1), 1)  # consecutive steps of one env
+    if length > 1:
+        assert windows[:, -1].max() % 100 == 13 and windows[:, 0].min() % 100 == 6  # steps 6..13 are stored
+    # each drawn item's probability and the importance weights, against NumPy
+    env, slot = np.asarray(prioritized.env[0]), np.asarray(prioritized.slot[0])
+    np.testing.assert_allclose(prioritized.probability[0], probabilities[env, slot], rtol=1e-5)
+    beta, count = 0.4, (probabilities > 0).sum()
+    assert int(prioritized.count[0]) == count == 3 * (int(buf.size) - length + 1)
+    weights = (count * probabilities[env, slot]) ** -beta / (count * probabilities[probabilities > 0]).min() ** -beta
+    got = replay.importance_weights(jax.tree.map(lambda x: x[0], prioritized), jnp.float32(beta))
+    np.testing.assert_allclose(got, weights, rtol=1e-5)
+    assert got.max() <= 1.0
+    # priorities written with alpha = 0 are all 1: uniform draws over the drawable items, weights 1
+    env, slot = _drawable_items(buf)
+    flat = _update(buf, _at(env, slot), jnp.ones(len(env)), 0.0)
+    flat_draws, _ = _draws(flat, keys[:50])
+    assert _chi_square_p_value(_counts(flat, flat_draws), (probabilities > 0) / count) > 1e-3
+    np.testing.assert_allclose(replay.importance_weights(jax.tree.map(lambda x: x[0], flat_draws), 1.0), 1.0, rtol=1e-6)
+
+
+def test_trees_match_numpy_after_adds_and_updates():
+    rng = np.random.default_rng(3)
+    buf = _buffer(2, 6, 2, 4)
+    for step in range(12):  # wraps twice; rollouts of 1 to 3 steps
+        if step % 2:
+            env, slot = _drawable_items(buf)
+            pick = rng.choice(len(env), 4)  # with repeats
+            buf = _update(buf, _at(env[pick], slot[pick]), jnp.asarray(rng.uniform(0.1, 5, 4), jnp.float32), ALPHA)
+        else:
+            buf = _add(buf, {"t": jnp.zeros((rng.integers(1, 4), 2), jnp.int32)})
+        pr = buf.priorities
+        value = np.where(np.asarray(replay.drawable(buf, 2)), np.asarray(pr.value), np.nan)
+        np.testing.assert_allclose(pr.sums[:, 1], np.nansum(value, 1), rtol=1e-6)
+        np.testing.assert_allclose(pr.mins[:, 1], np.nanmin(value, 1), rtol=1e-6)
+        sums, leaves = np.asarray(pr.sums), pr.leaves
+        np.testing.assert_array_equal(sums[:, 1:leaves], sums[:, 2:2 * leaves:2] + sums[:, 3:2 * leaves:2])
+        np.testing.assert_allclose(pr.largest.max(), np.nanmax(np.asarray(pr.value)), rtol=1e-6)
+    # the drawn slots only: one drawn twice gets the larger of its two new priorities
+    before = np.asarray(buf.priorities.value)
+    env, slot = _drawable_items(buf)
+    pick = [0, 1, 0, len(env) - 1]
+    buf = _update(buf, _at(env[pick], slot[pick]), jnp.array([2.0, 0.5, 7.0, 1.0]), ALPHA)
+    expected = before.copy()
+    expected[env[pick], slot[pick]] = np.array([7.0, 0.5, 7.0, 1.0]) ** ALPHA
+    np.testing.assert_allclose(buf.priorities.value, expected, rtol=1e-6)
+
+
+def test_a_gradient_step_sets_the_drawn_items_priorities_to_their_td_errors():
+    """dqn with 3-step returns (no noise: the errors are deterministic): after one learn step,
+    every slot whose priority changed holds (|TD error| + eps)^alpha of its window, computed with
+    the parameters before the step; nothing else changed."""
+    config = jaxrl.load_config("dqn_cartpole", prioritized=True, n_step=3, num_envs=4, buffer_size=64,
+                               batch_size=32, learning_starts=32, total_steps=1000, hidden=[16])
+    ctx = Context(config, jaxrl.make_train(config).spec, config.hparams(), jnp.int32(20))
+    T, k = 12, jax.random.split(jax.random.key(1), 5)
+    stream = {"obs": jax.random.normal(k[0], (T, 4, 4)), "action": jax.random.randint(k[1], (T, 4), 0, 2),
+              "reward": jax.random.normal(k[2], (T, 4)), "terminated": jax.random.uniform(k[3], (T, 4)) < 0.1,
+              "truncated": jax.random.uniform(k[4], (T, 4)) < 0.1}
+    traj = Transition(**stream, next_obs=stream["obs"] + 1.0, first=jnp.zeros((T, 4), bool), extras={})
+
+    @jax.jit
+    def step(key: jax.Array) -> tuple:
+        agent = dqn.init(ctx, key)
+        stored = replay.add(agent.buffer, replay.transitions(traj))
+        learned, _ = dqn.learn(ctx, agent, traj, jax.random.key(2))
+        everywhere = replay.Drawn(jnp.repeat(jnp.arange(4), 16), jnp.tile(jnp.arange(16), 4), None, None, None)
+        batch = replay.nstep_at(stored, everywhere, 3, ctx.hp["gamma"])  # every window (some not drawable)
+        goal = dqn.td_target(ctx, agent.params, agent.target_params, batch, key)
+        error = dqn.item_losses(ctx, agent.params, goal, batch, key)[1].reshape(4, 16)
+        return stored.priorities.value, learned.buffer.priorities.value, error, replay.drawable(stored, 3)
+
+    before, after, error, drawable = map(np.asarray, step(jax.random.key(0)))
+    env, slot = np.nonzero(before != after)
+    assert len(env) > 10 and drawable[slot].all()  # of 32 draws over 40 windows
+    np.testing.assert_allclose(after[env, slot], (error[env, slot] + config.priority_eps) ** config.priority_alpha,
+                               rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------ noisy nets
+
+
+def test_noisy_dense_init_mean_weights_and_factorised_noise():
+    inputs, features, draws = 6, 3, 40_000
+    layer = networks.NoisyDense(features, sigma0=0.5)
+    params = layer.init(jax.random.key(0), jnp.zeros((1, inputs)))["params"]
+    bound = 1 / np.sqrt(inputs)
+    assert np.abs(params["kernel"]).max() <= bound and np.abs(params["bias"]).max() <= bound
+    np.testing.assert_allclose(params["sigma_kernel"], 0.5 * bound)
+    np.testing.assert_allclose(params["sigma_bias"], 0.5 * bound)
+    # general noise scales, to test the formula rather than the init
+    rng = np.random.default_rng(0)
+    params = {**params, "sigma_kernel": jnp.asarray(rng.uniform(0.1, 1.0, (inputs, features)), jnp.float32),
+              "sigma_bias": jnp.asarray(rng.uniform(0.1, 1.0, features), jnp.float32)}
+    x = jnp.asarray(rng.normal(size=(1, inputs)), jnp.float32)
+    mean = np.asarray(x @ params["kernel"] + params["bias"])[0]
+    np.testing.assert_allclose(layer.apply({"params": params}, x)[0], mean, rtol=1e-6)  # no noise rng: mu
+    noisy = jax.jit(jax.vmap(lambda k: layer.apply({"params": params}, x, rngs={"noise": k})[0]))
+    y = np.asarray(noisy(jax.random.split(jax.random.key(1), draws)), np.float64)
+    # noise_j = f(e_j) (sum_i x_i sigma_ij f(e_i) + sigma_b_j), E f(e) = 0, E f(e)^2 = E|e| = sqrt(2 / pi)
+    abs_normal = np.sqrt(2 / np.pi)
+    sigma_w, sigma_b, xs = np.asarray(params["sigma_kernel"]), np.asarray(params["sigma_bias"]), np.asarray(x)[0]
+    variance = abs_normal * (abs_normal * (xs[:, None] ** 2 * sigma_w**2).sum(0) + sigma_b**2)
+    assert (np.abs(y.mean(0) - mean) < 5 * np.sqrt(variance / draws)).all()
+    np.testing.assert_allclose(y.var(0), variance, rtol=0.05)
+    assert np.abs(np.corrcoef(y.T)[np.triu_indices(features, 1)]).max() < 0.03  # outputs uncorrelated
+    # factorised: with unit inputs and no bias noise the weight noise is an outer product (rank 1)
+    unit = {**params, "sigma_kernel": jnp.ones((inputs, features)), "sigma_bias": jnp.zeros(features)}
+    key = jax.random.key(2)
+    rows = layer.apply({"params": unit}, jnp.eye(inputs), rngs={"noise": key}) - layer.apply({"params": unit}, jnp.eye(inputs))
+    singular = np.linalg.svd(np.asarray(rows), compute_uv=False)
+    assert singular[0] > 0.1 and singular[1] < 1e-5 * singular[0]
+    again = layer.apply({"params": unit}, jnp.eye(inputs), rngs={"noise": key})
+    other = layer.apply({"params": unit}, jnp.eye(inputs), rngs={"noise": jax.random.key(3)})
+    np.testing.assert_array_equal(again - layer.apply({"params": unit}, jnp.eye(inputs)), rows)  # same key, same noise
+    assert not np.allclose(other, again)
+
+
+@pytest.mark.parametrize("distributional", ["c51", "iqn"])
+def test_noisy_q_values_vary_with_the_key_and_the_greedy_policy_uses_the_mean(distributional):
+    config = jaxrl.load_config("rainbow_cartpole", distributional=distributional, hidden=[16, 16], num_atoms=11)
+    ctx = Context(config, jaxrl.make_train(config).spec, config.hparams(), jnp.int32(0))
+    obs = jax.random.normal(jax.random.key(1), (256, 4))
+    keys = jax.random.split(jax.random.key(2), 16)
+
+    @jax.jit
+    def outputs(key: jax.Array) -> dict:
+        agent = dqn.init(ctx, key)
+        mean = dqn.q_values(ctx, agent.params, obs, keys[0], noise=False)
+        # acting where the mean network's two action values are closest
+        close = obs[jnp.argsort(jnp.abs(mean[:, 0] - mean[:, 1]))[:8]]
+        return {"noisy": jax.vmap(lambda k: dqn.q_values(ctx, agent.params, obs, k))(keys[:2]),
+                "again": dqn.q_values(ctx, agent.params, obs, keys[0]), "mean": mean,
+                "greedy": jax.vmap(lambda k: dqn.policy(ctx, agent, (), obs, k, deterministic=True)[0])(keys[:2]),
+                "mean_logits": dqn.network(ctx).apply(agent.params, obs) if distributional == "c51" else mean,
+                "acted": jax.vmap(lambda k: dqn.act(ctx, agent, (), close, k)[0])(keys)}
+
+    out = jax.device_get(outputs(jax.random.key(0)))
+    noisy, mean = out["noisy"], out["mean"]
+    assert not np.allclose(noisy[0], noisy[1], atol=1e-3)
+    np.testing.assert_allclose(noisy[0], out["again"], rtol=1e-5)  # reproducible
+    assert not np.allclose(noisy[0], mean, atol=1e-3)  # the same key (IQN: the same fractions), noise or not
+    if distributional == "c51":  # (IQN's Q also depends on its sampled fractions)
+        np.testing.assert_array_equal(out["greedy"][0], out["greedy"][1])
+        np.testing.assert_array_equal(out["greedy"][0], mean.argmax(-1))
+        expected = (jax.nn.softmax(out["mean_logits"]) * np.linspace(0, 100, 11)).sum(-1)  # no noise rng: mu
+        np.testing.assert_allclose(mean, expected, rtol=1e-5)
+        # eps 0 in the config: exploration comes from the noise alone, so acting differs by key where
+        # the mean network's action values are close (IQN's init here favours one action whatever the
+        # noise: ReLUs of noisy inputs shift the mean)
+        assert config.eps_start == config.eps_end == 0.0
+        assert (out["acted"].min(0) != out["acted"].max(0)).any()
+
+
+# ------------------------------------------------------------------------------- the combination
+
+SMALL = dict(total_steps=1200, num_envs=4, learning_starts=200, buffer_size=400, batch_size=32,
+             target_update_interval=10, hidden=[16], num_atoms=11, num_steps=5)  # 60 iterations
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """The rainbow config, 2 seeds: a whole run, and one interrupted after 2 checkpoints and resumed."""
+    config = jaxrl.load_config("rainbow_cartpole", **SMALL)
+    chunk, path = 20, tmp_path_factory.mktemp("rainbow")
+    full = train_seeds(config, 2, chunk_size=chunk)
+
+    def stop_after_two_checkpoints(done, metrics, seconds):
+        if done > 2 * chunk:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_seeds(config, 2, chunk_size=chunk, on_chunk=stop_after_two_checkpoints, checkpoint_dir=path)
+    return config, full, train_seeds(config, 2, checkpoint_dir=path, resume=True)
+
+
+def test_resume_with_a_prioritized_buffer_is_bit_identical(resumed):
+    _, full, resumed_run = resumed
+    assert resumed_run.resumed_from == 40
+    assert_same_run(full, resumed_run)
+    pr = full.state.agent.buffer.priorities
+    assert (np.asarray(pr.value) != np.asarray(pr.value)[..., :1]).any()  # priorities were updated
+
+
+def test_vmapped_seed_equals_a_single_run(resumed):
+    config, full, _ = resumed
+    single = jax.jit(jaxrl.make_train(config))(jax.random.key(config.seed + 1))
+    one = lambda tree: jax.tree.map(lambda x: np.asarray(x)[1], tree)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(one(full.state.agent.params)), jax.tree.leaves(single.state.agent.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one(full.state.agent.buffer.priorities.value), single.state.agent.buffer.priorities.value,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one(full.metrics)["loss"], jax.device_get(single.metrics)["loss"], rtol=1e-4, atol=1e-5)
+    assert not np.array_equal(np.asarray(full.state.agent.params["params"]["NoisyDense_0"]["kernel"])[0],
+                              one(full.state.agent.params)["params"]["NoisyDense_0"]["kernel"])  # seeds differ
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"priority_alpha": -0.1}, "priority_alpha must be >= 0"),
+    ({"priority_beta_start": 1.5}, r"priority_beta_start must be in \[0, 1\]"),
+    ({"priority_beta_end": -0.1}, r"priority_beta_end must be in \[0, 1\]"),
+    ({"priority_eps": 0.0}, "priority_eps must be > 0"),
+    ({"noisy_sigma0": 0.0}, "noisy_sigma0 must be > 0"),
+    ({"noisy_sigma0": -1.0}, "noisy_sigma0 must be > 0"),
+])
+def test_bad_rainbow_options_fail_before_compiling(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        jaxrl.load_config("rainbow_cartpole", **overrides)
