@@ -52,6 +52,7 @@ DQN_SHORT_THRESHOLD = 120.0
     pytest.param("qrdqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
     pytest.param("iqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
     pytest.param("mdqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
+    pytest.param("rainbow_cartpole", {}, 4, 100, 400.0, marks=SLOW),
 ])
 def test_learns(name, overrides, seeds, episodes, threshold):
     config = jaxrl.load_config(name, **overrides)

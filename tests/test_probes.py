@@ -57,7 +57,7 @@ def _dqn_probe_config(kind: str, **options):
     {"munchausen": True, "double": False, "lr": 1e-2},
     # Rainbow: the values and actions are the mean network's (no noise); epsilon stays the probes'
     {"distributional": "c51", "v_min": -2.0, "v_max": 2.0, "lr": 1e-2, "dueling": True, "n_step": 3,
-     "prioritized": True, "noisy": True, "num_atoms": 21},
+     "prioritized": True, "noisy": True, "num_atoms": 11, "hidden": [32]},
 ], ids=["double", "dueling", "polyak-single", "c51", "qr-dueling", "iqn", "munchausen", "rainbow"])
 def test_dqn_solves_every_probe(options):
     train, agent = on_every_probe(_dqn_probe_config("constant", **options))
@@ -74,6 +74,13 @@ def test_dqn_solves_every_probe(options):
             best = np.asarray(probes.optimal_action(kind, _obs(kind), False)).reshape(-1)
             np.testing.assert_array_equal(q.argmax(-1), best, err_msg=kind)
             np.testing.assert_allclose(q.min(-1), wrong, atol=0.1, err_msg=kind)  # the wrong action's value
+        if config.noisy:  # noise by key when acting; the greedy policy is the mean network's
+            ctx, keys = context(train), jax.random.split(jax.random.key(2), 2)
+            noisy = [dqn.q_values(ctx, agent(i).params, _obs(kind), k) for k in keys]
+            assert not np.allclose(noisy[0], noisy[1], atol=1e-4), kind
+            greedy = [dqn.policy(ctx, agent(i), (), _obs(kind), k, deterministic=True)[0] for k in keys]
+            np.testing.assert_array_equal(greedy[0], greedy[1], err_msg=kind)
+            np.testing.assert_array_equal(greedy[0], q.argmax(-1), err_msg=kind)
 
 
 def jax_first(tree):

@@ -1,11 +1,18 @@
 """Rainbow's parts as options of dqn: prioritized replay (against NumPy and a chi-square test),
-noisy layers (their noise against the factorised formula), and the combination: vmapped seeds,
-resume, bad configs. The rainbow probe test is in test_probes.py, the learning test in
+noisy layers (their noise against the factorised formula), and the combination: a checkpoint of a
+prioritized buffer, bad configs; in the slow suite (they compile the whole program several
+times) a resumed run, vmapped seeds and data parallelism. The rainbow probe test (including its
+noisy acting and mean-weight greedy policy) is in test_probes.py, the learning test in
 test_learning.py (slow suite)."""
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +25,7 @@ from jaxrl import networks, replay
 from jaxrl.algos import dqn
 from jaxrl.config import ConfigError
 from jaxrl.core import Context, Transition
+from jaxrl.checkpoint import Checkpointer
 from jaxrl.runner import train_seeds
 from tests.test_checkpoint import Interrupted, assert_same_run
 
@@ -62,11 +70,11 @@ def _probabilities(buf: replay.Buffer) -> np.ndarray:
     return weight / weight.sum()
 
 
-@functools.partial(jax.jit, static_argnames="prioritized")
-def _draws(buf: replay.Buffer, keys: jax.Array, prioritized: bool = True) -> tuple[replay.Drawn, jax.Array]:
-    """A draw of 256 items per key, and the drawn windows' ``t``, ``(keys, 256, length)``."""
+@jax.jit
+def _draws(buf: replay.Buffer, keys: jax.Array) -> tuple[replay.Drawn, jax.Array]:
+    """A prioritized draw of 256 items per key, and the drawn windows' ``t``, ``(keys, 256, length)``."""
     length = buf.priorities.length
-    drawn = jax.vmap(lambda k: replay.draw(buf, k, 256, length, prioritized))(keys)
+    drawn = jax.vmap(lambda k: replay.draw(buf, k, 256, length, prioritized=True))(keys)
     return drawn, jax.vmap(lambda d: replay.take(buf, d, length)["t"])(drawn)
 
 
@@ -86,44 +94,48 @@ def _chi_square_p_value(counts: np.ndarray, probabilities: np.ndarray) -> float:
     return float(stats.chi2.sf(statistic, cells.sum() - 1))
 
 
-@pytest.mark.parametrize("length, steps", [(1, 6), (3, 13)], ids=["steps-part-filled", "windows-wrapped"])
-def test_prioritized_draws_follow_p_alpha_and_a_uniform_draw_fails_the_same_test(length, steps):
-    buf = _with_random_priorities(_buffer(3, 8, length, steps))
-    if length > 1:
-        # windows never cross the write position: the largest priority so far becomes huge, the
-        # next step gets it (written last, it is the end of no drawable window), then the item
-        # that raised it gets an ordinary priority back
-        huge = _at([0], [int(_drawable_items(buf)[1][0])])
-        buf = _update(buf, huge, jnp.array([1e6]), ALPHA)
-        buf = _add(buf, {"t": jnp.asarray([[13, 113, 213]], jnp.int32)})  # size 8, write position 6
-        buf = _update(buf, huge, jnp.array([1.0]), ALPHA)
-        newest = [5, 4]  # slots of steps 13 and 12: windows starting there would cross into the oldest
-        np.testing.assert_allclose(buf.priorities.value[:, newest[0]], 1e6**ALPHA, rtol=1e-6)
-        assert (_probabilities(buf)[:, newest] == 0).all()
+def test_prioritized_draws_follow_p_alpha_and_a_uniform_draw_fails_the_same_test():
+    """Windows of 3 steps from a buffer that wrapped around (3 envs x 8 slots, 14 steps added),
+    drawn 51200 times."""
+    length = 3
+    buf = _with_random_priorities(_buffer(3, 8, length, 13))
+    # windows never cross the write position: the largest priority so far becomes huge, the next
+    # step gets it (the newest step: the end of no drawable window yet), then the item that
+    # raised it gets an ordinary priority back
+    huge = _at([0], [int(_drawable_items(buf)[1][0])])
+    buf = _update(buf, huge, jnp.array([1e6]), ALPHA)
+    buf = _add(buf, {"t": jnp.asarray([[13, 113, 213]], jnp.int32)})  # size 8, write position 6
+    buf = _update(buf, huge, jnp.array([1.0]), ALPHA)
+    newest = [5, 4]  # slots of steps 13 and 12: windows starting there would cross into the oldest
+    np.testing.assert_allclose(buf.priorities.value[:, newest[0]], 1e6**ALPHA, rtol=1e-6)
+    assert (_probabilities(buf)[:, newest] == 0).all()
     probabilities = _probabilities(buf)
     keys = jax.random.split(jax.random.key(0), 200)  # 51200 draws
     prioritized, windows = _draws(buf, keys)
     assert _chi_square_p_value(_counts(buf, prioritized), probabilities) > 1e-3  # also: none of P = 0
-    # the test has the power to tell: uniform draws over the same items fail it outright
-    uniform, _ = _draws(buf, keys, False)
-    assert _chi_square_p_value(_counts(buf, uniform), probabilities) < 1e-12
+    # the test has the power to tell: as many draws from a uniform sampler fail it outright, and so
+    # do draws proportional to p instead of p^alpha
+    env, slot = _drawable_items(buf)
+    pick = np.random.default_rng(0).integers(len(env), size=len(keys) * 256)
+    assert _chi_square_p_value(_counts(buf, _at(env[pick], slot[pick])), probabilities) < 1e-12
+    raw = probabilities ** (1 / ALPHA) / (probabilities ** (1 / ALPHA)).sum()
+    counts = np.random.default_rng(1).multinomial(len(keys) * 256, raw.ravel()).reshape(raw.shape)
+    assert _chi_square_p_value(counts, probabilities) < 1e-12
     windows = np.asarray(windows).reshape(-1, length)
     np.testing.assert_array_equal(np.diff(windows, axis=1), 1)  # consecutive steps of one env
-    if length > 1:
-        assert windows[:, -1].max() % 100 == 13 and windows[:, 0].min() % 100 == 6  # steps 6..13 are stored
+    assert windows[:, -1].max() % 100 == 13 and windows[:, 0].min() % 100 == 6  # steps 6..13 are stored
     # each drawn item's probability and the importance weights, against NumPy
-    env, slot = np.asarray(prioritized.env[0]), np.asarray(prioritized.slot[0])
-    np.testing.assert_allclose(prioritized.probability[0], probabilities[env, slot], rtol=1e-5)
+    drawn = jax.tree.map(lambda x: np.asarray(x)[0], prioritized)
+    np.testing.assert_allclose(drawn.probability, probabilities[drawn.env, drawn.slot], rtol=1e-5)
     beta, count = 0.4, (probabilities > 0).sum()
-    assert int(prioritized.count[0]) == count == 3 * (int(buf.size) - length + 1)
-    weights = (count * probabilities[env, slot]) ** -beta / (count * probabilities[probabilities > 0]).min() ** -beta
-    got = replay.importance_weights(jax.tree.map(lambda x: x[0], prioritized), jnp.float32(beta))
+    assert int(drawn.count) == count == 3 * (int(buf.size) - length + 1)
+    weights = (count * probabilities[drawn.env, drawn.slot]) ** -beta / (count * probabilities[env, slot]).min() ** -beta
+    got = replay.importance_weights(drawn, jnp.float32(beta))
     np.testing.assert_allclose(got, weights, rtol=1e-5)
     assert got.max() <= 1.0
     # priorities written with alpha = 0 are all 1: uniform draws over the drawable items, weights 1
-    env, slot = _drawable_items(buf)
     flat = _update(buf, _at(env, slot), jnp.ones(len(env)), 0.0)
-    flat_draws, _ = _draws(flat, keys[:50])
+    flat_draws, _ = _draws(flat, keys)
     assert _chi_square_p_value(_counts(flat, flat_draws), (probabilities > 0) / count) > 1e-3
     np.testing.assert_allclose(replay.importance_weights(jax.tree.map(lambda x: x[0], flat_draws), 1.0), 1.0, rtol=1e-6)
 
@@ -225,43 +237,23 @@ def test_noisy_dense_init_mean_weights_and_factorised_noise():
     assert not np.allclose(other, again)
 
 
-@pytest.mark.parametrize("distributional", ["c51", "iqn"])
-def test_noisy_q_values_vary_with_the_key_and_the_greedy_policy_uses_the_mean(distributional):
-    config = jaxrl.load_config("rainbow_cartpole", distributional=distributional, hidden=[16, 16], num_atoms=11)
-    ctx = Context(config, jaxrl.make_train(config).spec, config.hparams(), jnp.int32(0))
-    obs = jax.random.normal(jax.random.key(1), (256, 4))
-    keys = jax.random.split(jax.random.key(2), 16)
-
-    @jax.jit
-    def outputs(key: jax.Array) -> dict:
-        agent = dqn.init(ctx, key)
-        mean = dqn.q_values(ctx, agent.params, obs, keys[0], noise=False)
-        # acting where the mean network's two action values are closest
-        close = obs[jnp.argsort(jnp.abs(mean[:, 0] - mean[:, 1]))[:8]]
-        return {"noisy": jax.vmap(lambda k: dqn.q_values(ctx, agent.params, obs, k))(keys[:2]),
-                "again": dqn.q_values(ctx, agent.params, obs, keys[0]), "mean": mean,
-                "greedy": jax.vmap(lambda k: dqn.policy(ctx, agent, (), obs, k, deterministic=True)[0])(keys[:2]),
-                "mean_logits": dqn.network(ctx).apply(agent.params, obs) if distributional == "c51" else mean,
-                "acted": jax.vmap(lambda k: dqn.act(ctx, agent, (), close, k)[0])(keys)}
-
-    out = jax.device_get(outputs(jax.random.key(0)))
-    noisy, mean = out["noisy"], out["mean"]
-    assert not np.allclose(noisy[0], noisy[1], atol=1e-3)
-    np.testing.assert_allclose(noisy[0], out["again"], rtol=1e-5)  # reproducible
-    assert not np.allclose(noisy[0], mean, atol=1e-3)  # the same key (IQN: the same fractions), noise or not
-    if distributional == "c51":  # (IQN's Q also depends on its sampled fractions)
-        np.testing.assert_array_equal(out["greedy"][0], out["greedy"][1])
-        np.testing.assert_array_equal(out["greedy"][0], mean.argmax(-1))
-        expected = (jax.nn.softmax(out["mean_logits"]) * np.linspace(0, 100, 11)).sum(-1)  # no noise rng: mu
-        np.testing.assert_allclose(mean, expected, rtol=1e-5)
-        # eps 0 in the config: exploration comes from the noise alone, so acting differs by key where
-        # the mean network's action values are close (IQN's init here favours one action whatever the
-        # noise: ReLUs of noisy inputs shift the mean)
-        assert config.eps_start == config.eps_end == 0.0
-        assert (out["acted"].min(0) != out["acted"].max(0)).any()
-
-
 # ------------------------------------------------------------------------------- the combination
+
+def test_a_prioritized_buffer_survives_a_checkpoint_bit_for_bit(tmp_path):
+    """Its trees (infinities in the min tree where nothing can be drawn) and its static window
+    length come back as saved (the full resume of a training run: the slow test below)."""
+    state = {"buffer": _with_random_priorities(_buffer(3, 8, 3, 13)), "step": np.int32(7)}
+    assert np.isinf(np.asarray(state["buffer"].priorities.mins)).any()
+    metrics = {"episode_return": np.zeros((1, 1), np.float32), "episodes": np.ones((1, 1), np.float32)}
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(state, metrics, config={}, num_seeds=1, chunk_size=1)
+    with Checkpointer(tmp_path) as ckpt:
+        restored = ckpt.restore(jax.eval_shape(lambda: state)).state
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    assert restored["buffer"].priorities.length == 3
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
 
 SMALL = dict(total_steps=1200, num_envs=4, learning_starts=200, buffer_size=400, batch_size=32,
              target_update_interval=10, hidden=[16], num_atoms=11, num_steps=5)  # 60 iterations
@@ -283,6 +275,7 @@ def resumed(tmp_path_factory):
     return config, full, train_seeds(config, 2, checkpoint_dir=path, resume=True)
 
 
+@pytest.mark.slow  # three compilations of the rainbow program: about 60 s of CPU
 def test_resume_with_a_prioritized_buffer_is_bit_identical(resumed):
     _, full, resumed_run = resumed
     assert resumed_run.resumed_from == 40
@@ -291,6 +284,7 @@ def test_resume_with_a_prioritized_buffer_is_bit_identical(resumed):
     assert (np.asarray(pr.value) != np.asarray(pr.value)[..., :1]).any()  # priorities were updated
 
 
+@pytest.mark.slow  # with the test above: one more compilation
 def test_vmapped_seed_equals_a_single_run(resumed):
     config, full, _ = resumed
     single = jax.jit(jaxrl.make_train(config))(jax.random.key(config.seed + 1))
@@ -302,6 +296,42 @@ def test_vmapped_seed_equals_a_single_run(resumed):
     np.testing.assert_allclose(one(full.metrics)["loss"], jax.device_get(single.metrics)["loss"], rtol=1e-4, atol=1e-5)
     assert not np.array_equal(np.asarray(full.state.agent.params["params"]["NoisyDense_0"]["kernel"])[0],
                               one(full.state.agent.params)["params"]["NoisyDense_0"]["kernel"])  # seeds differ
+
+
+PARALLEL = textwrap.dedent("""
+    import json
+    import jax, numpy as np
+    import jaxrl
+    config = jaxrl.load_config("rainbow_cartpole", total_steps=4000, num_envs=8, num_steps=5, learning_starts=800,
+                               buffer_size=1600, batch_size=32, hidden=[16], num_atoms=11)
+    out = jax.block_until_ready(jax.jit(jax.vmap(jaxrl.make_train(config, data_parallel=2)))(jaxrl.seed_keys(0, 2)))
+    pr = out.state.agent.buffer.priorities
+    copies = lambda x: [np.asarray(s.data) for s in x.addressable_shards]  # noqa: E731
+    print("REPORT " + json.dumps({
+        "value": [list(pr.value.shape), str(pr.value.sharding.spec)],
+        "sums": [list(pr.sums.shape), str(pr.sums.sharding.spec)],
+        "params_equal": all(all(np.array_equal(c[0], o) for o in c[1:])
+                            for c in map(copies, jax.tree.leaves(out.state.agent.params))),
+        "shards_differ": [not np.array_equal(*copies(pr.value))],
+        "loss_finite": bool(np.isfinite(out.metrics["loss"][:, -1]).all()),
+        "weight": float(np.nanmax(out.metrics["importance_weight"])),
+        "diverged": np.asarray(out.state.diverged_at).tolist()}))
+""")
+
+
+@pytest.mark.slow  # a subprocess with 2 simulated devices: about 30 s of CPU
+def test_data_parallel_devices_keep_their_own_priorities(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+           "JAXRL_NO_COMPILE_CACHE": "1"}
+    proc = subprocess.run([sys.executable, "-c", PARALLEL], capture_output=True, text=True, env=env, timeout=900,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT "))[len("REPORT "):])
+    # (seeds, envs, slots): the envs' axis split over the devices, like the data
+    assert report["value"] == [[2, 8, 200], "P(None, 'data')"] and report["sums"][1] == "P(None, 'data')"
+    assert report["params_equal"] and report["shards_differ"] == [True]
+    assert report["loss_finite"] and report["diverged"] == [-1, -1]
+    assert 0 < report["weight"] <= 1.0  # normalised by the largest weight over both devices' items
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -340,10 +340,9 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
         if c.prioritized:  # the items' errors before the step (as the loss saw them: same noise, same fractions)
             priority = item_losses(ctx, agent.params, goal, batch, k_online)[1] + hp["priority_eps"]
             buffer = replay.update_priorities(buffer, drawn, priority, hp["priority_alpha"])
+            metrics = {**metrics, "importance_weight": ctx.mean(weight)}
         updates = agent.updates + 1
         target = targets.update(agent.target_params, params, hp["tau"], updates, c.target_update_interval)
-        if c.prioritized:
-            metrics = {**metrics, "importance_weight": jnp.mean(weight)}
         return agent.replace(params=params, target_params=target, opt_state=opt_state, updates=updates,
                              buffer=buffer), metrics
 
