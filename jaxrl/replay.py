@@ -267,13 +267,15 @@ def update_priorities(buffer: Buffer, drawn: Drawn, priority: jax.Array, alpha: 
     """The buffer with the drawn items' new priorities ``priority (B,)`` written, as
     ``priority^alpha``, to their slots (for windows: their first step's). An item drawn more
     than once gets the largest of its new priorities, whatever the order of the writes. No step
-    may be added between the draw and this update."""
+    may be added between the draw and this update. A slot that cannot be drawn now keeps its
+    new value for later but stays out of the trees."""
     pr = buffer.priorities
     at = pr.value.at[drawn.env, drawn.slot]
     value = at.set(-jnp.inf).at[drawn.env, drawn.slot].max(priority ** alpha)  # max: the same for every copy
     new = value[drawn.env, drawn.slot]
     pr = pr.replace(value=value, largest=pr.largest.at[drawn.env].max(new))
-    return buffer.replace(priorities=_set_leaves(pr, drawn.env, drawn.slot, new, jnp.ones(new.shape, bool)))
+    ok = (drawn.slot - _oldest(buffer)) % buffer.capacity <= buffer.size - pr.length  # as drawable(), at the slots
+    return buffer.replace(priorities=_set_leaves(pr, drawn.env, drawn.slot, new, ok))
 
 
 def take(buffer: Buffer, drawn: Drawn, length: int | None = None) -> Any:

@@ -165,12 +165,22 @@ def test_trees_match_numpy_after_adds_and_updates():
     expected = before.copy()
     expected[env[pick], slot[pick]] = np.array([7.0, 0.5, 7.0, 1.0]) ** ALPHA
     np.testing.assert_allclose(buf.priorities.value, expected, rtol=1e-6)
+    # a slot that cannot be drawn (the newest step: no window of 2 starts there yet) keeps its new
+    # value but stays out of the trees
+    newest = (int(buf.pos) - 1) % buf.capacity
+    assert not replay.drawable(buf, 2)[newest]
+    sums, mins = np.asarray(buf.priorities.sums), np.asarray(buf.priorities.mins)
+    buf = _update(buf, _at([1], [newest]), jnp.array([9.0]), ALPHA)
+    np.testing.assert_allclose(buf.priorities.value[1, newest], 9.0**ALPHA, rtol=1e-6)
+    np.testing.assert_array_equal(buf.priorities.sums, sums)
+    np.testing.assert_array_equal(buf.priorities.mins, mins)
 
 
-def test_a_gradient_step_sets_the_drawn_items_priorities_to_their_td_errors():
-    """dqn with 3-step returns (no noise: the errors are deterministic): after one learn step,
-    every slot whose priority changed holds (|TD error| + eps)^alpha of its window, computed with
-    the parameters before the step; nothing else changed."""
+def test_a_gradient_step_weighs_its_loss_and_sets_the_drawn_items_priorities():
+    """dqn with 3-step returns (no noise: the errors are deterministic), one learn step: its loss
+    is the mean of the drawn items' losses times their importance weights, and exactly the drawn
+    slots get new priorities, (|TD error| + eps)^alpha of their windows computed with the
+    parameters before the step; nothing else changed."""
     config = jaxrl.load_config("dqn_cartpole", prioritized=True, n_step=3, num_envs=4, buffer_size=64,
                                batch_size=32, learning_starts=32, total_steps=1000, hidden=[16])
     ctx = Context(config, jaxrl.make_train(config).spec, config.hparams(), jnp.int32(20))
@@ -182,20 +192,63 @@ def test_a_gradient_step_sets_the_drawn_items_priorities_to_their_td_errors():
 
     @jax.jit
     def step(key: jax.Array) -> tuple:
+        # 8 steps stored before with priorities in [0.05, 3], then learn adds 12 more (16 slots:
+        # it wraps, the 4 newest of the earlier steps stay): the weights are not all 1
         agent = dqn.init(ctx, key)
-        stored = replay.add(agent.buffer, replay.transitions(traj))
-        learned, _ = dqn.learn(ctx, agent, traj, jax.random.key(2))
+        earlier = replay.add(agent.buffer, replay.transitions(jax.tree.map(lambda x: x[:8], traj)))
         everywhere = replay.Drawn(jnp.repeat(jnp.arange(4), 16), jnp.tile(jnp.arange(16), 4), None, None, None)
+        earlier = replay.update_priorities(earlier, everywhere, jax.random.uniform(key, (64,), minval=0.05, maxval=3),
+                                           ctx.hp["priority_alpha"])
+        agent = agent.replace(buffer=earlier)
+        stored = replay.add(earlier, replay.transitions(traj))
+        learned, metrics = dqn.learn(ctx, agent, traj, jax.random.key(2))
         batch = replay.nstep_at(stored, everywhere, 3, ctx.hp["gamma"])  # every window (some not drawable)
         goal = dqn.td_target(ctx, agent.params, agent.target_params, batch, key)
         error = dqn.item_losses(ctx, agent.params, goal, batch, key)[1].reshape(4, 16)
-        return stored.priorities.value, learned.buffer.priorities.value, error, replay.drawable(stored, 3)
+        # the one gradient step's draw, as learn makes it (update_after_warmup's key of step 0)
+        step_key = jax.random.split(jax.random.key(2), config.updates_per_iteration)[0]
+        drawn = replay.draw(stored, step_key, 32, 3, prioritized=True)
+        weight = replay.importance_weights(drawn, dqn.priority_beta(ctx))
+        b = replay.nstep_at(stored, drawn, 3, ctx.hp["gamma"])
+        k_online, k_target = dqn.loss_keys(step_key)
+        per_item = dqn.item_losses(ctx, agent.params, dqn.td_target(ctx, agent.params, agent.target_params, b,
+                                                                     k_target), b, k_online)[0]
+        return (stored.priorities.value, learned.buffer.priorities.value, error, replay.drawable(stored, 3),
+                drawn, weight, (weight * per_item).mean(), metrics)
 
-    before, after, error, drawable = map(np.asarray, step(jax.random.key(0)))
+    before, after, error, drawable, drawn, weight, loss, metrics = jax.device_get(step(jax.random.key(0)))
     env, slot = np.nonzero(before != after)
-    assert len(env) > 10 and drawable[slot].all()  # of 32 draws over 40 windows
+    assert drawable[slot].all()
+    assert set(zip(env, slot)) == set(zip(drawn.env, drawn.slot))  # the drawn items, all of them
     np.testing.assert_allclose(after[env, slot], (error[env, slot] + config.priority_eps) ** config.priority_alpha,
                                rtol=1e-4)
+    assert weight.min() < 0.9  # the priorities differ (a buffer that wrapped): the weights matter
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+    np.testing.assert_allclose(metrics["importance_weight"], weight.mean(), rtol=1e-5)
+
+
+def test_priority_beta_anneals_linearly_over_training():
+    config = jaxrl.load_config("rainbow_cartpole", priority_beta_start=0.2, priority_beta_end=0.8)
+    beta = [float(dqn.priority_beta(Context(config, None, config.hparams(), jnp.int32(i))))
+            for i in (0, config.num_iterations // 4, config.num_iterations)]
+    np.testing.assert_allclose(beta, [0.2, 0.35, 0.8], rtol=1e-6)
+
+
+def test_a_gradient_steps_noise_and_fractions_do_not_reuse_the_draws_keys():
+    """The minibatch is drawn with the step's key: uniformly its two splits (env, time) and their
+    splits inside ``randint``, prioritized its own bits. The online and target passes' keys (IQN's
+    fractions, the noise: its own stream of them) are none of those. (With JAX's partitionable
+    threefry ``split(k, n)[i] == fold_in(k, i)``: ``fold_in(step_key, 1)`` was the time key.)"""
+    step_key = jax.random.key(3)
+    data = lambda k: tuple(np.asarray(jax.random.key_data(k)).tolist())  # noqa: E731
+    children = lambda k: list(jax.random.split(k))  # noqa: E731
+    draw = [step_key, *children(step_key)]
+    draw += [g for c in children(step_key) for g in children(c)]
+    passes = list(dqn.loss_keys(step_key))
+    passes += [jax.random.fold_in(k, dqn.NOISE_STREAM) for k in passes]
+    passes += [g for k in dqn.loss_keys(step_key) for g in children(k)]  # td_target's (choose, target)
+    assert not {data(k) for k in draw} & {data(k) for k in passes}
+    assert len({data(k) for k in passes}) == len(passes)
 
 
 # ------------------------------------------------------------------------------------ noisy nets

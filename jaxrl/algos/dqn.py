@@ -321,14 +321,25 @@ def loss(ctx: Context, params: dict, goal: jax.Array, b: dict, weight: jax.Array
     return (weight * per_item).mean(), {"q_mean": q.mean()}
 
 
+LOSS_STREAM = 2  # a gradient step's fractions and noise come from fold_in(step_key, LOSS_STREAM)
+
+
+def loss_keys(step_key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The keys of a gradient step's online and target passes (IQN's fractions, the noise); the
+    minibatch is drawn with ``step_key`` itself. Not ``fold_in(step_key, 1)``: with JAX's
+    partitionable threefry ``split(k, n)[i] == fold_in(k, i)``, so that key is the uniform
+    draw's time key, whose own splits (inside ``randint``) are that key's children: the online
+    fractions reused the bits that chose the drawn steps."""
+    return tuple(jax.random.split(jax.random.fold_in(step_key, LOSS_STREAM)))
+
+
 def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple[State, dict]:
     c, hp = ctx.config, ctx.hp
     agent = agent.replace(buffer=replay.add(agent.buffer, replay.transitions(traj)))
     opt = optimizer(ctx)
 
     def update(agent: State, step_key: jax.Array, step: jax.Array) -> tuple[State, dict]:
-        # IQN's fractions and the noise (the draw keeps step_key's stream)
-        k_online, k_target = jax.random.split(jax.random.fold_in(step_key, 1))
+        k_online, k_target = loss_keys(step_key)
         drawn = replay.draw(agent.buffer, step_key, c.batch_size // ctx.devices, c.n_step, c.prioritized)
         batch = replay.nstep_at(agent.buffer, drawn, c.n_step, hp["gamma"])
         batch = {**batch, "obs": ctx.normalize(batch["obs"]), "next_obs": ctx.normalize(batch["next_obs"])}
