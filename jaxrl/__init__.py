@@ -40,11 +40,12 @@ def _avoid_cpu_deadlock() -> None:
 
 
 _avoid_cpu_deadlock()
-__all__ = ["Config", "ConfigError", "compiler_options", "load_config", "make_train", "pbt", "seed_keys", "sweep", "TrainOutput",
+__all__ = ["Config", "ConfigError", "compiler_options", "load_config", "make_train", "meta_train", "pbt", "seed_keys", "sweep", "tune", "TrainOutput",
            "TrainState"]
 
 _LAZY = {"make_train": "jaxrl.loop", "compiler_options": "jaxrl.loop", "TrainOutput": "jaxrl.loop", "TrainState": "jaxrl.loop",
-         "seed_keys": "jaxrl.loop", "sweep": "jaxrl.sweeps", "pbt": "jaxrl.population"}
+         "seed_keys": "jaxrl.loop", "sweep": "jaxrl.sweeps", "pbt": "jaxrl.population",
+         "tune": "jaxrl.hpo", "meta_train": "jaxrl.meta"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The ``jaxrl`` command: train, eval, sweep, pbt, plot, bench and list.
+"""The ``jaxrl`` command: train, eval, sweep, pbt, tune, plot, bench and list.
 
 Configs are checked before jax is even imported, so mistakes are reported in a fraction of a
 second, not after a compile.
@@ -164,12 +164,17 @@ def main(argv: list[str] | None = None) -> int:
         "  init:V1:V2...          one initial value per member\n"
         "Example: jaxrl pbt ppo_cartpole --population 8 --interval 10 --explore lr=range:1e-5:1e-2:log "
         "ent_coef=perturb:0.5:2\n", formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("config", metavar="NAME_OR_PATH")
+    t.add_argument("config", nargs="?", metavar="NAME_OR_PATH")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (before --explore)")
-    t.add_argument("--explore", nargs="+", required=True, metavar="NAME=SPEC",
-                   help="traced hyperparameters PBT explores, e.g. lr=range:1e-5:1e-2:log")
+    t.add_argument("--explore", nargs="+", metavar="NAME=SPEC",
+                   help="traced hyperparameters PBT explores, e.g. lr=range:1e-5:1e-2:log (required)")
     t.add_argument("--population", type=int, default=8, metavar="P", help="members per population (default 8)")
-    t.add_argument("--interval", type=int, required=True, metavar="K", help="iterations between exploit steps")
+    t.add_argument("--interval", type=int, metavar="K", help="iterations between exploit steps (required)")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="G",
+                   help="save the populations, the lineage and the metrics to RUN_DIR/checkpoints every G "
+                   "generations (default 0: run as one program, no checkpoints)")
+    t.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the checkpointed PBT run in RUN_DIR bit-identically (its settings are used)")
     t.add_argument("--seeds", type=int, default=1, metavar="N", help="independent populations (default 1)")
     t.add_argument("--truncation", type=float, default=0.25, metavar="F",
                    help="fraction of the population replaced from the top fraction of the same size (default 0.25)")
@@ -181,6 +186,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="train the same population with its initial hyperparameters fixed (the baseline)")
     t.add_argument("--out", default="runs", metavar="DIR", help="parent folder of the run folder (default ./runs)")
 
+    u = sub.add_parser(
+        "tune", help="hyperparameter search on tuning seeds, reported on disjoint test seeds",
+        description="Search traced hyperparameters with --budget candidates (random, successive halving) or a "
+        "population (pbt), scoring on --tuning-seeds only; then train the chosen values and the config as given on "
+        "--test-seeds that the search never used, as one program. Writes trials.csv (the search), report.json "
+        "(IQM and bootstrap CI on the tuning and test seeds, the gap between them, the baseline), best.yaml "
+        "(loadable by jaxrl train), config.yaml, curves.npz and tune.png.",
+        epilog=EPILOG + "\n--space items: NAME=range:LOW:HIGH[:log] or NAME=values:V1:V2...\n"
+        "Example: jaxrl tune ppo_cartpole total_steps=100000 --space lr=range:1e-4:1e-2:log "
+        "ent_coef=values:0:0.01 --budget 16 --method successive_halving\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    u.add_argument("config", metavar="NAME_OR_PATH")
+    u.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (before --space)")
+    u.add_argument("--space", nargs="+", required=True, metavar="NAME=SPEC",
+                   help="traced hyperparameters to search, e.g. lr=range:1e-5:1e-2:log ent_coef=values:0:0.01")
+    u.add_argument("--budget", type=int, required=True, metavar="N",
+                   help="candidates (random, successive_halving) or population size (pbt)")
+    u.add_argument("--method", choices=("random", "successive_halving", "pbt"), default="random", help="search method (default random)")
+    u.add_argument("--tuning-seeds", type=int, default=4, metavar="N",
+                   help="seeds the search scores on, from the config's seed on (pbt: populations; default 4)")
+    u.add_argument("--test-seeds", type=int, default=8, metavar="N",
+                   help="seeds the choice is reported on, after every seed the search used (default 8)")
+    u.add_argument("--eta", type=int, default=2, metavar="E",
+                   help="successive halving: each rung keeps 1/E of the candidates (default 2)")
+    u.add_argument("--interval", type=int, default=None, metavar="K", help="pbt: iterations between exploit steps")
+    u.add_argument("--out", default="runs", metavar="DIR", help="parent folder of the run folder (default ./runs)")
+
     pl = sub.add_parser("plot", help="learning curves of run folders as a PNG",
                         description="Plot the IQM over seeds (with a 95%% bootstrap band) of a metric from "
                         "each run folder's metrics.jsonl, one line per run.")
@@ -191,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("list", help="list bundled configs, algorithms and environments")
 
-    for command in (p, b, w, t):  # the commands that compile a training program
+    for command in (p, b, w, t, u):  # the commands that compile a training program
         command.add_argument("--env", default=None, metavar="NAME|MODULE:FACTORY",
                              help="the environment: a registered name (see `jaxrl list`) or the import path "
                              "of your own env factory, e.g. my_envs:make_corridor (the current folder is "
@@ -206,15 +238,15 @@ def main(argv: list[str] | None = None) -> int:
                              f"on (default {default}); either way it is reported, with the iteration")
     args, extra = parser.parse_known_args(argv)
     stray = [x for x in extra if x.startswith("-") or "=" not in x]
-    if stray or (extra and args.command not in ("train", "sweep", "bench", "pbt")):
+    if stray or (extra and args.command not in ("train", "sweep", "bench", "pbt", "tune")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:  # key=value overrides given after an option (argparse stops collecting them there)
         (args.configs if args.command == "bench" else args.overrides).extend(extra)
-    if args.command in ("train", "sweep", "bench", "pbt") and args.env is not None:  # an override like any other
+    if args.command in ("train", "sweep", "bench", "pbt", "tune") and args.env is not None:  # an override like any other
         target = args.configs if args.command == "bench" else args.overrides
         target.append(f"env={json.dumps(args.env)}")  # quoted: YAML reads it back as this string
     warnings.simplefilter("ignore", RoundingWarning)  # printed as a note below instead
-    if args.command in ("train", "sweep", "bench", "pbt"):  # seeds side by side, one share per CPU core
+    if args.command in ("train", "sweep", "bench", "pbt", "tune"):  # seeds side by side, one share per CPU core
         from jaxrl.parallel import use_cpu_cores
 
         use_cpu_cores()
@@ -229,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args)
         if args.command == "train" and args.resume:
             config = _resume_config(args)
+        elif args.command == "pbt" and args.resume:
+            config = _resume_pbt(args)
         else:
             if args.config is None:
                 parser.error("the following arguments are required: NAME_OR_PATH")
@@ -241,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args, config)
         if args.command == "pbt":
             return _pbt(args, config)
+        if args.command == "tune":
+            return _tune(args, config)
         return _sweep(args, config)
     except ConfigError as err:
         print(f"jaxrl: error: {err}", file=sys.stderr)
@@ -529,23 +565,53 @@ def parse_explore_items(items: list[str]) -> dict[str, dict]:
     return specs
 
 
+PBT_SETTINGS = ("explore", "population", "interval", "seeds", "fitness", "truncation", "resample_probability",
+                "no_exploit", "checkpoint_every")  # what pbt.json keeps for --resume
+
+
+def _resume_pbt(args: argparse.Namespace):
+    """The config and PBT settings saved in the run folder ``args.resume`` (into ``args``)."""
+    run_dir = Path(args.resume)
+    if not (run_dir / "pbt.json").is_file() or not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a checkpointed jaxrl pbt run folder (no pbt.json and config.yaml)")
+    if args.config is not None or args.overrides or args.explore:
+        raise ConfigError("--resume continues a run with its own config and settings: give no config, overrides or "
+                          "--explore")
+    vars(args).update(json.loads((run_dir / "pbt.json").read_text()))
+    args.config = str(run_dir / "config.yaml")
+    return load_config(args.config)
+
+
 def _pbt(args: argparse.Namespace, config) -> int:
-    explore = parse_explore_items(args.explore)
+    if args.explore is None or args.interval is None:
+        raise ConfigError("jaxrl pbt needs --explore and --interval (or --resume RUN_DIR)")
+    if args.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    explore = args.explore if isinstance(args.explore, dict) else parse_explore_items(args.explore)
     _given_once(explore, args.overrides, "--explore")
     from jaxrl import plots
-    from jaxrl.population import pbt
+    from jaxrl.runner import run_pbt
 
-    name = Path(args.config).stem
+    name = Path(args.config).stem if not args.resume else Path(args.resume).name
     print(f"jaxrl pbt {name}: {config.algo} on {config.env}, {args.seeds} population(s) of {args.population}, "
           f"exploit every {args.interval} iterations{' (off: --no-exploit)' if args.no_exploit else ''}, "
-          f"explore {explore}", flush=True)
+          f"explore {explore}" + (f"; resuming {args.resume}" if args.resume else ""), flush=True)
+    run_dir = Path(args.resume) if args.resume else Path(args.out) / f"pbt-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if not args.resume:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        settings = {k: getattr(args, k) for k in PBT_SETTINGS} | {"explore": explore}
+        (run_dir / "pbt.json").write_text(json.dumps(settings, indent=2) + "\n")
+    checkpoints = run_dir / "checkpoints" if args.checkpoint_every else None
+
+    def saved(generations: int, seconds: float) -> None:
+        print(f"  generation {generations}: checkpoint saved ({seconds:.1f} s of training)", flush=True)
+
     with counting() as cache:
-        result = pbt(config, population=args.population, interval=args.interval, explore=explore, seeds=args.seeds,
-                     fitness=args.fitness, truncation=args.truncation,
-                     resample_probability=args.resample_probability, exploit=not args.no_exploit)
-    run_dir = Path(args.out) / f"pbt-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        result = run_pbt(config, args.population, args.interval, explore, args.seeds, checkpoint_dir=checkpoints,
+                         checkpoint_every=args.checkpoint_every or config.num_iterations, resume=bool(args.resume),
+                         on_save=saved, fitness=args.fitness, truncation=args.truncation,
+                         resample_probability=args.resample_probability, exploit=not args.no_exploit)
     import pandas as pd
 
     pd.DataFrame(list(result.rows())).to_csv(run_dir / "lineage.csv", index=False)
@@ -579,6 +645,64 @@ def _pbt(args: argparse.Namespace, config) -> int:
         print(f"{m:>6} {final[0, m]:>13.2f}  {values}" + ("  <- best" if best[0] == m else ""))
     print(f"median final return per population: {summary['final_return_median']}; "
           f"{summary['replaced']} replacements over {result.generations} generations")
+    print(f"compile {result.compile_seconds:.1f} s" + (f" ({cache.note})" if cache.note else "")
+          + f", run {result.run_seconds:.1f} s -> {run_dir}")
+    return 0
+
+
+def parse_space_items(items: list[str]) -> dict[str, dict]:
+    """``["lr=range:1e-5:1e-2:log", "ent_coef=values:0:0.01"]`` -> :func:`jaxrl.hpo.tune`'s
+    space (``{"lr": {"range": [1e-5, 1e-2], "log": True}, ...}``); a malformed item is a
+    ConfigError quoting it (the values are checked against the config by the search)."""
+    space: dict[str, dict] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        kind, *values = text.split(":")
+        log = kind == "range" and values[-1:] == ["log"]
+        values = values[:-1] if log else values
+        if not sep or not name or kind not in ("range", "values") or not values:
+            raise ConfigError(f"--space item {item!r} is not NAME=range:LOW:HIGH[:log] or NAME=values:V1:V2...")
+        if name in space:
+            raise ConfigError(f"--space gives {name!r} twice")
+        try:
+            numbers_ = [float(v) for v in values]
+        except ValueError:
+            raise ConfigError(f"--space item {item!r} holds a value that is not a number") from None
+        space[name] = {kind: numbers_, **({"log": True} if log else {})}
+    return space
+
+
+def _tune(args: argparse.Namespace, config) -> int:
+    space = parse_space_items(args.space)
+    _given_once(space, args.overrides, "--space")
+    from jaxrl import plots
+    from jaxrl.hpo import tune
+
+    name = Path(args.config).stem
+    print(f"jaxrl tune {name}: {config.algo} on {config.env}, {args.method} with budget {args.budget} over {space}, "
+          f"{args.tuning_seeds} tuning seed(s), {args.test_seeds} test seed(s)", flush=True)
+    options = {"eta": args.eta} if args.method == "successive_halving" else {}
+    with counting() as cache:
+        result = tune(config, space, args.budget, args.tuning_seeds, args.test_seeds, method=args.method,
+                      interval=args.interval, **options)
+    run_dir = result.save(Path(args.out) / f"tune-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    plots.save(plots.tuning(result), run_dir / "tune.png", close=True)
+    report = result.report()
+
+    def line(label: str, summary: dict) -> str:
+        if summary["iqm"] is None:
+            return f"{label:<26} no finished episodes"
+        return f"{label:<26} IQM {summary['iqm']:9.2f}  [{summary['low']:.1f}, {summary['high']:.1f}]  " \
+               f"({summary['runs']} seeds)"
+
+    print("chosen: " + ", ".join(f"{k}={v:.4g}" for k, v in result.chosen.items())
+          + (f" (the last values of a schedule over {args.interval}-iteration generations)" if result.schedule else ""))
+    print(line(f"tuning seeds {result.tuning_seeds[0]}..{result.tuning_seeds[-1]}", report["tuning"]))
+    print(line(f"test seeds {result.test_seeds[0]}..{result.test_seeds[-1]}", report["test"]))
+    print(line("as given, test seeds", report["baseline_test"]))
+    if report["gap"] is not None:
+        print(f"gap (tuning - test IQM): {report['gap']:.2f}; P(chosen beats as given on a test seed): "
+              f"{report['probability_chosen_beats_baseline']:.2f}")
     print(f"compile {result.compile_seconds:.1f} s" + (f" ({cache.note})" if cache.note else "")
           + f", run {result.run_seconds:.1f} s -> {run_dir}")
     return 0

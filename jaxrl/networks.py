@@ -5,8 +5,10 @@ use orthogonal initialisation with the usual gains: sqrt(2) for hidden layers, 0
 logits/means (a near-uniform initial policy) and 1.0 for values; :func:`init` builds a
 network's params with all those random matrices drawn in one call, ensembles included.
 
-Top to bottom: init machinery (:class:`Orthogonal`, :func:`dense`, :func:`init`,
-:func:`ensemble`, :class:`NoisyDense`), the torso (:class:`MLP`), then heads: on-policy :class:`ActorCritic`, DQN's
+Top to bottom: init machinery (:class:`Orthogonal`, :func:`orthogonal`, :func:`dense`,
+:func:`init`, :func:`ensemble`, :class:`NoisyDense`), the torso (:class:`MLP`, with
+:func:`obs_features`: convolutions for image observations, the config's ``conv``), then heads:
+on-policy :class:`ActorCritic`, DQN's
 :class:`QNetwork` (scalar or distributional, via :func:`action_head`) and IQN's
 :class:`ImplicitQuantileNetwork` (:class:`CosineEmbedding`, :func:`distort`), and the off-policy actor-critic family's critics (:class:`QCritic`,
 :class:`QCriticEnsemble`, :class:`DiscreteCriticEnsemble`) and actors
@@ -79,14 +81,20 @@ class Orthogonal(struct.PyTreeNode, nn.meta.AxisMetadata):
         return jnp.moveaxis(stacked, tuple(range(len(axes))), axes).astype(self.value.dtype)
 
 
-def dense(features: int, gain: float = float(np.sqrt(2)), name: str | None = None) -> nn.Dense:
-    """A dense layer with an orthogonal ``gain``-scaled kernel and zero bias."""
-    orthogonal = nn.initializers.orthogonal(gain)
+def orthogonal(gain: float) -> nn.initializers.Initializer:
+    """flax's ``orthogonal(gain)`` kernel initializer, its result boxed as :class:`Orthogonal`
+    so that :func:`init` draws it together with all other kernels."""
+    draw = nn.initializers.orthogonal(gain)
 
     def kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Orthogonal:
-        return Orthogonal(orthogonal(key, shape, dtype), gain)
+        return Orthogonal(draw(key, shape, dtype), gain)
 
-    return nn.Dense(features, kernel_init=kernel_init, bias_init=nn.initializers.zeros, name=name)
+    return kernel_init
+
+
+def dense(features: int, gain: float = float(np.sqrt(2)), name: str | None = None) -> nn.Dense:
+    """A dense layer with an orthogonal ``gain``-scaled kernel and zero bias."""
+    return nn.Dense(features, kernel_init=orthogonal(gain), bias_init=nn.initializers.zeros, name=name)
 
 
 class NoisyDense(nn.Module):
@@ -197,28 +205,72 @@ def flatten_obs(obs: jax.Array, obs_shape: tuple[int, ...]) -> jax.Array:
     return obs.reshape(obs.shape[: obs.ndim - len(obs_shape)] + (-1,))
 
 
+Conv = Sequence[Sequence[int]]  # convolutions as (features, kernel, stride)
+
+
+def conv_output_shape(obs_shape: tuple[int, ...], conv: Conv) -> tuple[int, int, int]:
+    """The (height, width, features) that the ``conv`` layers make of images of ``obs_shape``,
+    or a ValueError when the observations are not images or a kernel outgrows what is left."""
+    if len(obs_shape) != 3:
+        raise ValueError(f"conv layers need image observations (height, width, channels), got observation "
+                         f"shape {obs_shape}")
+    (height, width, channels), sizes = obs_shape, []
+    for features, kernel, stride in conv:
+        if kernel > min(height, width):
+            raise ValueError(f"conv kernel {kernel} is larger than the {height}x{width} image it gets (after "
+                             f"convolutions {sizes}): 'VALID' convolutions need kernel <= height and width")
+        height, width, channels = (height - kernel) // stride + 1, (width - kernel) // stride + 1, features
+        sizes.append((height, width, channels))
+    return height, width, channels
+
+
+def obs_features(obs: jax.Array, obs_shape: tuple[int, ...], conv: Conv = (), activation: str = "relu",
+                 layer_norm: bool = False) -> jax.Array:
+    """The observation features the dense layers see: ``obs (..., *obs_shape)`` flattened to
+    ``(..., features)``, after the ``conv`` layers when given (call inside a compact module).
+
+    With ``conv``, ``obs_shape`` is an image (H, W, C) (channels last, as MinAtar's and gymnax's
+    pixel envs give them); each convolution is (features, kernel, stride) with a square kernel,
+    'VALID' padding (as the MinAtar paper's network and PQN's), an orthogonal sqrt(2)-gain kernel
+    and zero bias, then a LayerNorm over its features when ``layer_norm``, then ``activation``.
+    Any number of leading batch axes.
+    """
+    if conv:
+        conv_output_shape(obs_shape, conv)  # a clear error for images the kernels do not fit
+        for features, kernel, stride in conv:
+            obs = nn.Conv(features, (kernel, kernel), strides=stride, padding="VALID",
+                          kernel_init=orthogonal(float(np.sqrt(2))), bias_init=nn.initializers.zeros)(obs)
+            if layer_norm:
+                obs = nn.LayerNorm()(obs)
+            obs = ACTIVATION_FNS[activation](obs)
+        obs_shape = obs.shape[-3:]
+    return flatten_obs(obs, obs_shape)
+
+
 # ---------------------------------------------------------------------------------------------
 # Torsos
 
 
 class MLP(nn.Module):
-    """Flattens everything after the batch axis, then ``hidden`` dense layers.
+    """The torso: observation features (:func:`obs_features`: flattened, after ``conv`` layers
+    for images), then ``hidden`` dense layers.
 
-    ``layer_norm`` puts a LayerNorm after each dense layer, before its activation (off by
-    default, so existing networks' params are unchanged); ``noisy`` makes the dense layers
-    :class:`NoisyDense` (``sigma0``).
+    ``layer_norm`` puts a LayerNorm after each dense layer (and convolution), before its
+    activation (off by default, so existing networks' params are unchanged); ``noisy`` makes the
+    dense layers :class:`NoisyDense` (``sigma0``; the convolutions stay deterministic).
     """
 
     hidden: Sequence[int]
     activation: str = "tanh"
     obs_shape: tuple[int, ...] = ()  # the per-observation shape, flattened to one axis
     layer_norm: bool = False
+    conv: Conv = ()
     noisy: bool = False
     sigma0: float = 0.5
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = flatten_obs(x, self.obs_shape)
+        x = obs_features(x, self.obs_shape, self.conv, self.activation, self.layer_norm)
         for width in self.hidden:
             x = linear(width, float(np.sqrt(2)), self.noisy, self.sigma0)(x)
             if self.layer_norm:
@@ -244,11 +296,12 @@ class ActorCritic(nn.Module):
     hidden: Sequence[int]
     activation: str = "tanh"
     obs_shape: tuple[int, ...] = ()
+    conv: Conv = ()
 
     def setup(self) -> None:
-        self.actor = MLP(self.hidden, self.activation, self.obs_shape)
+        self.actor = MLP(self.hidden, self.activation, self.obs_shape, conv=self.conv)
         self.actor_out = dense(self.action_dim, 0.01)
-        self.critic = MLP(self.hidden, self.activation, self.obs_shape)
+        self.critic = MLP(self.hidden, self.activation, self.obs_shape, conv=self.conv)
         self.critic_out = dense(1, 1.0)
         if not self.discrete:
             self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
@@ -277,11 +330,12 @@ class _ActionValues(nn.Module):
     dueling: bool = False
     obs_shape: tuple[int, ...] = ()
     layer_norm: bool = False
+    conv: Conv = ()
     noisy: bool = False
     sigma0: float = 0.5
 
-    def torso(self, hidden: Sequence[int], obs_shape: tuple[int, ...]) -> MLP:
-        return MLP(hidden, self.activation, obs_shape, self.layer_norm, self.noisy, self.sigma0)
+    def torso(self, hidden: Sequence[int], obs_shape: tuple[int, ...], conv: Conv = ()) -> MLP:
+        return MLP(hidden, self.activation, obs_shape, self.layer_norm, conv, self.noisy, self.sigma0)
 
     def head(self, x: jax.Array, num_atoms: int | None = None) -> jax.Array:
         return action_head(x, self.num_actions, self.dueling, num_atoms, self.noisy, self.sigma0)
@@ -304,7 +358,7 @@ class QNetwork(_ActionValues):
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        return self.head(self.torso(self.hidden, self.obs_shape)(obs), self.num_atoms)
+        return self.head(self.torso(self.hidden, self.obs_shape, self.conv)(obs), self.num_atoms)
 
 
 def action_head(x: jax.Array, num_actions: int, dueling: bool, num_atoms: int | None = None, noisy: bool = False,
@@ -354,7 +408,8 @@ class ImplicitQuantileNetwork(_ActionValues):
     @nn.compact
     def __call__(self, obs: jax.Array, taus: jax.Array) -> jax.Array:
         *torso, last = self.hidden
-        x = self.torso(torso, self.obs_shape)(obs) if torso else flatten_obs(obs, self.obs_shape)
+        x = (self.torso(torso, self.obs_shape, self.conv)(obs) if torso
+             else obs_features(obs, self.obs_shape, self.conv, self.activation, self.layer_norm))
         x = x[..., None, :] * CosineEmbedding(self.num_cosines, x.shape[-1])(taus)  # (..., K, features)
         x = self.torso((last,), (x.shape[-1],))(x)
         return jnp.swapaxes(self.head(x), -1, -2)
@@ -396,6 +451,7 @@ class QCritic(nn.Module):
     layer_norm: bool = False
     num_quantiles: int | None = None
     obs_shape: tuple[int, ...] = ()
+    conv: Conv = ()  # applied to the observation, before the action joins it
 
     def __post_init__(self) -> None:
         _check_positive("num_quantiles", self.num_quantiles, optional=True)
@@ -403,7 +459,7 @@ class QCritic(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
-        obs = flatten_obs(obs, self.obs_shape)
+        obs = obs_features(obs, self.obs_shape, self.conv, self.activation, self.layer_norm)
         if obs.shape[:-1] != action.shape[:-1]:
             raise ValueError(f"observations (batch axes {obs.shape[:-1]} with obs_shape {self.obs_shape}) "
                              f"and actions (batch axes {action.shape[:-1]}) must have the same batch axes")
@@ -427,6 +483,7 @@ class QCriticEnsemble(nn.Module):
     layer_norm: bool = False
     num_quantiles: int | None = None
     obs_shape: tuple[int, ...] = ()
+    conv: Conv = ()
 
     def __post_init__(self) -> None:
         _check_positive("num_critics", self.num_critics)
@@ -436,7 +493,8 @@ class QCriticEnsemble(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         critics = ensemble(QCritic, self.num_critics)(
-            self.hidden, self.activation, self.layer_norm, self.num_quantiles, self.obs_shape, name="critics")
+            self.hidden, self.activation, self.layer_norm, self.num_quantiles, self.obs_shape, self.conv,
+            name="critics")
         return critics(obs, action)
 
 
@@ -450,6 +508,7 @@ class DiscreteCriticEnsemble(nn.Module):
     activation: str = "relu"
     layer_norm: bool = False
     obs_shape: tuple[int, ...] = ()
+    conv: Conv = ()
 
     def __post_init__(self) -> None:
         _check_positive("num_critics", self.num_critics)
@@ -459,7 +518,7 @@ class DiscreteCriticEnsemble(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         critics = ensemble(QNetwork, self.num_critics)(
-            self.num_actions, self.hidden, self.activation, False, self.obs_shape, self.layer_norm,
+            self.num_actions, self.hidden, self.activation, False, self.obs_shape, self.layer_norm, self.conv,
             name="critics")
         return critics(obs)
 
@@ -500,6 +559,7 @@ class _BoundedActor(nn.Module):
     activation: str = "relu"
     layer_norm: bool = False
     obs_shape: tuple[int, ...] = ()
+    conv: Conv = ()
 
     def __post_init__(self) -> None:
         low, high = action_bounds(self.action_low, self.action_high)
@@ -512,7 +572,7 @@ class _BoundedActor(nn.Module):
         return len(self.action_low)
 
     def torso(self, obs: jax.Array) -> jax.Array:
-        return MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm)(obs)
+        return MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm, self.conv)(obs)
 
 
 def _center_and_half_width(low: Sequence[float], high: Sequence[float]) -> tuple[jax.Array, jax.Array]:
@@ -628,6 +688,7 @@ class CategoricalActor(nn.Module):
     activation: str = "relu"
     layer_norm: bool = False
     obs_shape: tuple[int, ...] = ()
+    conv: Conv = ()
 
     def __post_init__(self) -> None:
         _check_positive("num_actions", self.num_actions)
@@ -635,5 +696,5 @@ class CategoricalActor(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> distrax.Categorical:
-        x = MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm)(obs)
+        x = MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm, self.conv)(obs)
         return distrax.Categorical(logits=dense(self.num_actions, 0.01)(x))

@@ -302,3 +302,41 @@ def population(
     axes[-1].set_ylabel("episode return")
     axes[-1].set_xlabel("iteration")
     return fig
+
+
+def tuning(result: Any, smooth: int = 10) -> Figure:
+    """A hyperparameter search (:class:`jaxrl.hpo.TuneResult`): left, every trial's return over
+    training (mean over its tuning seeds, smoothed over ``smooth`` iterations; a candidate
+    successive halving stopped ends where it stopped), the chosen one highlighted; right, the
+    IQM with its bootstrap interval of the chosen values on the tuning seeds, on the test seeds,
+    and of the config as given on the test seeds, each seed's score as a dot."""
+    report = result.report()
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    returns, episodes = result.curves["episode_return"], result.curves.get("episodes")
+    trained = np.isfinite(result.curves["env_steps"]).all(1)  # (trials, iterations)
+    for i in range(returns.shape[0]):
+        curve = np.nanmean(_smoothed_returns(returns[i], None if episodes is None else episodes[i], int(smooth)), 0) \
+            if np.isfinite(returns[i]).any() else np.full(returns.shape[-1], np.nan)
+        curve = np.where(trained[i], curve, np.nan)
+        best = i == result.best_trial
+        left.plot(np.arange(curve.size), curve, color="C3" if best else "0.5", alpha=1.0 if best else 0.4,
+                  linewidth=2 if best else 1, label="chosen" if best else None)
+    left.set_xlabel("iteration")
+    left.set_ylabel("episode return (tuning seeds)")
+    left.set_title(f"{result.method}: {len(result.trials)} trials on seeds {result.tuning_seeds}")
+    left.legend()
+    groups = [("chosen, tuning seeds", report["tuning"], result.tuning_scores),
+              ("chosen, test seeds", report["test"], result.test_scores),
+              ("as given, test seeds", report["baseline_test"], result.baseline_scores)]
+    for y, (label, summary, scores) in enumerate(groups):
+        scores = np.asarray(scores, float)
+        right.scatter(scores, np.full(scores.shape, y) + 0.15, s=12, color="0.4")
+        if summary["iqm"] is not None:
+            right.errorbar([summary["iqm"]], [y], xerr=[[summary["iqm"] - summary["low"]],
+                                                       [summary["high"] - summary["iqm"]]],
+                           fmt="o", color="C3" if y < 2 else "C0", capsize=4)
+    right.set_yticks(range(len(groups)), [g[0] for g in groups])
+    right.invert_yaxis()
+    right.set_xlabel(f"final return (IQM, {report['confidence']:.0%} CI)")
+    fig.tight_layout()
+    return fig

@@ -129,6 +129,19 @@ class PBTResult:
 # ----------------------------------------------------------------------------- specs
 
 
+def check_traced(config: Config, name: str, why_static_fails: str) -> None:
+    """A :class:`ConfigError` unless ``name`` is a traced hyperparameter of ``config``: a static
+    field is refused saying ``why_static_fails``, an unknown name with a suggestion."""
+    traced = config.traced_names()
+    if name in traced:
+        return
+    if name in {f.name for f in dataclasses.fields(config)}:
+        raise ConfigError(f"{name!r} is a static field (it changes the compiled program), so {why_static_fails}; "
+                          f"traced hyperparameters: {', '.join(traced)}")
+    raise ConfigError(f"unknown hyperparameter {name!r}" + suggest(name, list(traced))
+                      + f"; traced hyperparameters: {', '.join(traced)}")
+
+
 def parse_explore(config: Config, explore: Mapping[str, Any], population: int) -> dict[str, Explore]:
     """``explore`` checked against ``config`` and turned into :class:`Explore` specs, or a
     :class:`ConfigError`: unknown or static keys, empty or inverted ranges, bad factors, initial
@@ -136,16 +149,9 @@ def parse_explore(config: Config, explore: Mapping[str, Any], population: int) -
     if not isinstance(explore, Mapping) or not explore:
         raise ConfigError(f"explore must map traced hyperparameters to specs, e.g. "
                           f"{{'lr': {{'range': [1e-5, 1e-2], 'log': True}}}}; got {explore!r}")
-    traced = config.traced_names()
-    fields = {f.name for f in dataclasses.fields(config)}
     specs = {}
     for name, spec in explore.items():
-        if name not in traced:
-            if name in fields:
-                raise ConfigError(f"{name!r} is a static field (it changes the compiled program), so PBT cannot "
-                                  f"change it during a run; traced hyperparameters: {', '.join(traced)}")
-            raise ConfigError(f"unknown hyperparameter {name!r}" + suggest(name, list(traced))
-                              + f"; traced hyperparameters: {', '.join(traced)}")
+        check_traced(config, name, "PBT cannot change it during a run")
         if not isinstance(spec, Mapping):
             raise ConfigError(f"explore[{name!r}] must be a mapping with keys among {SPEC_KEYS}, got {spec!r}")
         unknown = [k for k in spec if k not in SPEC_KEYS]
@@ -348,37 +354,84 @@ def pbt(config: Config, population: int, interval: int, explore: Mapping[str, An
     seed with the member's hyperparameters), its PBT draws come from a stream of its own. All
     populations and generations run as one compiled program; the members are split over as
     many ``devices`` (default ``jax.devices()``) as divide ``population``. Bad specs raise
-    :class:`ConfigError` before anything is compiled.
+    :class:`ConfigError` before anything is compiled. (:func:`jaxrl.runner.run_pbt` runs the
+    same program in pieces of a few generations, with checkpoints and exact resume.)
     """
-    t0 = time.perf_counter()
-    compiled, args, specs = compile_pbt(config, population, interval, explore, seeds, fitness, truncation,
-                                        resample_probability, exploit, devices, inputs)
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    state, (metrics, fit, hps, parents) = gather_hosts(compiled(*args))
-    run_s = time.perf_counter() - t0
-    # metrics (seeds, generations, population, interval) -> (seeds, population, iterations)
-    metrics = {k: np.moveaxis(np.asarray(v), 2, 1).reshape(seeds, population, -1)[..., :config.num_iterations]
-               for k, v in metrics.items()}
-    return PBTResult(config, population, interval, specs, [config.seed + s for s in range(seeds)], metrics, state,
-                     {k: np.asarray(hps[k]) for k in specs}, np.asarray(fit), np.asarray(parents),
-                     compile_s, run_s)
+    program = build_pbt(config, population, interval, explore, seeds, fitness, truncation, resample_probability,
+                        exploit, devices, inputs)
+    carry = program.start()
+    carry, lineage = program.advance(carry, 0)
+    return program.result(carry, lineage)
 
 
-def compile_pbt(config: Config, population: int, interval: int, explore: Mapping[str, Any], seeds: int = 1,
-                fitness: str | Callable[[Metrics], jax.Array] = "return", truncation: float = 0.25,
-                resample_probability: float = 0.25, exploit: bool = True,
-                devices: Sequence[jax.Device] | None = None, inputs: Any = None,
-                ) -> tuple[Callable, tuple, dict[str, Explore]]:
-    """:func:`pbt`'s checks and compiled program: ``(compiled, args, specs)``, where
-    ``compiled(*args)`` runs the whole PBT run and returns the final state and the per-generation
-    ``(metrics, fitness, hparams, parent)`` (for timing the program apart from compiling it)."""
+@dataclasses.dataclass
+class PBTProgram:
+    """PBT's compiled pieces, for drivers that run it in parts (checkpointing between them):
+    :meth:`start` makes the populations' initial carry ``(state, hparams, pbt key)``,
+    :meth:`advance` runs ``per_call`` generations from a given one (generations past the last
+    change nothing and are dropped from the lineage) and :meth:`result` assembles a
+    :class:`PBTResult` from the final carry and the lineage of all generations. Compile and run
+    seconds accumulate in ``compile_seconds`` and ``run_seconds``."""
+
+    config: Config
+    population: int
+    interval: int
+    specs: dict[str, Explore]
+    seeds: int
+    generations: int
+    per_call: int
+    start_program: Any
+    advance_program: Any
+    args: tuple  # (member keys, pbt keys, inputs)
+    compile_seconds: float = 0.0
+    run_seconds: float = 0.0
+
+    def start(self) -> Any:
+        return self._timed(self.start_program, *self.args)
+
+    def advance(self, carry: Any, first: int) -> tuple[Any, tuple]:
+        """``per_call`` generations from generation ``first``: the new carry and their lineage
+        ``(metrics, fitness, hparams, parent)`` on the host, each with a generations axis 1."""
+        carry, lineage = self._timed(self.advance_program, carry, jnp.int32(first), self.args[2])
+        done = min(self.per_call, self.generations - first)
+        return carry, jax.tree.map(lambda x: x[:, :done], gather_hosts(lineage))
+
+    def _timed(self, program: Any, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        out = program(*args)
+        jax.block_until_ready(out)
+        self.run_seconds += time.perf_counter() - t0
+        return out
+
+    def result(self, carry: Any, lineage: tuple) -> PBTResult:
+        metrics, fit, hps, parents = lineage
+        seeds, population, config = self.seeds, self.population, self.config
+        state = gather_hosts(jax.tree.map(host_friendly, carry[0]))
+        # metrics (seeds, generations, population, interval) -> (seeds, population, iterations)
+        metrics = {k: np.moveaxis(np.asarray(v), 2, 1).reshape(seeds, population, -1)[..., :config.num_iterations]
+                   for k, v in metrics.items()}
+        return PBTResult(config, population, self.interval, self.specs, [config.seed + s for s in range(seeds)],
+                         metrics, state, {k: np.asarray(hps[k]) for k in self.specs}, np.asarray(fit),
+                         np.asarray(parents), self.compile_seconds, self.run_seconds)
+
+
+def build_pbt(config: Config, population: int, interval: int, explore: Mapping[str, Any], seeds: int = 1,
+              fitness: str | Callable[[Metrics], jax.Array] = "return", truncation: float = 0.25,
+              resample_probability: float = 0.25, exploit: bool = True,
+              devices: Sequence[jax.Device] | None = None, inputs: Any = None,
+              generations_per_call: int | None = None) -> PBTProgram:
+    """:func:`pbt`'s checks and compiled program, as a :class:`PBTProgram` that runs
+    ``generations_per_call`` generations per call (default: all of them)."""
     config.validate()
     _check(config, population, interval, truncation, resample_probability, fitness, seeds)
     specs = parse_explore(config, explore, population)
     train = make_train(config)  # builds the env, runs the algorithm's checks: still nothing compiled
     fitness_fn = fitness if callable(fitness) else {"return": mean_return, "eval": mean_eval_return}[fitness]
     generations = math.ceil(config.num_iterations / interval)
+    per_call = generations if generations_per_call is None else generations_per_call
+    if isinstance(per_call, bool) or not isinstance(per_call, numbers.Integral) or per_call < 1:
+        raise ConfigError(f"generations_per_call must be a positive integer, got {generations_per_call!r}")
+    per_call = min(int(per_call), generations)
     chunk = functools.partial(train.run_chunk, length=interval)
     mesh = seed_mesh(population, devices)
     member_sharding = None if mesh is None else NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
@@ -389,11 +442,12 @@ def compile_pbt(config: Config, population: int, interval: int, explore: Mapping
             return tree
         return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, member_sharding), tree)
 
-    def one_population(member_keys: jax.Array, pbt_key: jax.Array, inputs: Any):
+    def start(member_keys: jax.Array, pbt_key: jax.Array, inputs: Any):
         k_init, pbt_key = jax.random.split(pbt_key)
         hp = initial_hparams(k_init, config, specs, population)
-        state = spread(jax.vmap(train.init, in_axes=(0, 0, None))(member_keys, hp, inputs))
+        return spread(jax.vmap(train.init, in_axes=(0, 0, None))(member_keys, hp, inputs)), hp, pbt_key
 
+    def advance(carry: tuple, first: jax.Array, inputs: Any):
         def generation(carry, g):
             state, hp, key = carry
             state, metrics = jax.vmap(chunk, in_axes=(0, 0, None, None))(state, hp, g * interval, inputs)
@@ -405,8 +459,7 @@ def compile_pbt(config: Config, population: int, interval: int, explore: Mapping
                                                             resample_probability, active=g < generations - 1)
             return (spread(new_state), new_hp, key), (metrics, fit, hp, parent)
 
-        (state, _, _), lineage = jax.lax.scan(generation, (state, hp, pbt_key), jnp.arange(generations))
-        return jax.tree.map(host_friendly, state), lineage
+        return jax.lax.scan(generation, carry, first + jnp.arange(per_call))
 
     seed_values = jnp.arange(config.seed, config.seed + seeds)
     member_keys = seed_keys(config.seed, seeds * population).reshape(seeds, population)
@@ -414,5 +467,11 @@ def compile_pbt(config: Config, population: int, interval: int, explore: Mapping
     if mesh is not None:
         member_keys = jax.device_put(member_keys, NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0])))
     args = (member_keys, pbt_keys, inputs)
-    program = jax.jit(jax.vmap(one_population, in_axes=(0, 0, None)), compiler_options=compiler_options())
-    return program.lower(*args).compile(), args, specs
+    t0 = time.perf_counter()
+    start_program = jax.jit(jax.vmap(start, in_axes=(0, 0, None)),
+                            compiler_options=compiler_options()).lower(*args).compile()
+    carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), start_program.out_info)
+    advance_program = jax.jit(jax.vmap(advance, in_axes=(0, None, None)), compiler_options=compiler_options(),
+                              ).lower(carry, jnp.int32(0), inputs).compile()
+    return PBTProgram(config, population, interval, specs, seeds, generations, per_call, start_program,
+                      advance_program, args, compile_seconds=time.perf_counter() - t0)

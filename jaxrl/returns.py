@@ -20,8 +20,9 @@ promoted floating dtype of the inputs, at least float32.
 
 The estimators are built on one reverse linear recurrence
 ``y_t = x_t + c_t * y_{t+1}`` with ``c_t = gamma * lam * (1 - done_t)``: GAE and TD(lambda) solve
-it over the whole rollout (differing in ``x_t`` and ``y_T``), n-step returns iterate it ``n``
-times with ``lam = 1``, and V-trace solves it with importance-weighted ``x_t`` and ``c_t``.
+it over the whole rollout (differing in ``x_t`` and ``y_T``), Q(lambda) is TD(lambda) on
+``V = max_a Q``, n-step returns iterate it ``n`` times with ``lam = 1``, and V-trace solves it
+with importance-weighted ``x_t`` and ``c_t``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxrl.core import vary_like
 
-__all__ = ["gae", "td_lambda", "nstep_returns", "nstep_window", "vtrace"]
+__all__ = ["gae", "td_lambda", "q_lambda", "nstep_returns", "nstep_window", "vtrace"]
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -182,6 +183,35 @@ def td_lambda(
     """
     x, c, nv = _lambda_recurrence(rewards, next_values, terminated, truncated, gamma, lam)
     return _reverse_linear_scan(x, c, nv[-1])
+
+
+def q_lambda(
+    rewards: ArrayLike,
+    next_q_values: ArrayLike,
+    terminated: ArrayLike,
+    truncated: ArrayLike,
+    gamma: ArrayLike,
+    lam: ArrayLike,
+) -> Array:
+    """Peng's Q(lambda) targets with a greedy bootstrap, as PQN uses them (Gallici et al., 2024)::
+
+        G_t = r_t + gamma * (1 - term_t) * [(1 - lam) * max_a Q(s'_t, a) + lam * G_{t+1}]
+
+    where the bracket is just ``max_a Q(s'_t, a)`` at an episode end (a truncation bootstraps
+    from the final observation's values, a termination from nothing) and at ``t = T-1``. This is
+    :func:`td_lambda` on ``V(s') = max_a Q(s', a)``, and computed as that.
+
+    Args:
+        next_q_values: ``Q(s'_t, .)`` of the true next states, shaped like ``rewards`` plus a
+            trailing axis of actions.
+
+    Returns:
+        Targets shaped like ``rewards``.
+    """
+    if jnp.ndim(next_q_values) != jnp.ndim(rewards) + 1 or jnp.shape(next_q_values)[:-1] != jnp.shape(rewards):
+        raise ValueError(f"next_q_values must be shaped like rewards {jnp.shape(rewards)} plus an axis of "
+                         f"actions; got {jnp.shape(next_q_values)}")
+    return td_lambda(rewards, jnp.max(jnp.asarray(next_q_values), axis=-1), terminated, truncated, gamma, lam)
 
 
 def nstep_returns(

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import math
 import sys
 import time
@@ -27,10 +28,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxrl import metrics as M
 from jaxrl.compile_cache import counting, describe
-from jaxrl.config import Config
-from jaxrl.config import ON_DIVERGENCE
+from jaxrl.config import ON_DIVERGENCE, Config, ConfigError
 from jaxrl.loop import DivergenceWarning, TrainState, compiler_options, divergence_note, make_train, seed_keys
 from jaxrl.parallel import DataParallel, seed_mesh
+from jaxrl.population import PBTResult, build_pbt
 
 
 @dataclasses.dataclass
@@ -382,3 +383,84 @@ def _check_resumable(meta: dict, config: Config, num_seeds: int, hparams: dict |
     if meta.get("inputs") != fingerprint:
         raise ValueError(f"cannot resume: the inputs differ from the ones the run was trained with "
                          f"(checkpoint: {meta.get('inputs')}; now: {fingerprint})")
+
+
+# ----------------------------------------------------------------------------- PBT with checkpoints
+
+
+def run_pbt(config: Config, population: int, interval: int, explore: dict[str, Any], seeds: int = 1, *,
+            checkpoint_dir: str | Path | None = None, checkpoint_every: int = 1, resume: bool = False,
+            keep: int = 2, on_save: Callable[[int, float], None] | None = None, inputs: Any = None,
+            **options: Any) -> PBTResult:
+    """:func:`jaxrl.population.pbt` run ``checkpoint_every`` generations at a time, saving the
+    populations' whole state, their PBT keys and hyperparameters, the lineage and the metrics
+    so far to ``checkpoint_dir`` after each piece (keeping the last ``keep`` and the best).
+
+    With ``resume=True`` the newest readable checkpoint in ``checkpoint_dir`` is restored (the
+    config and every PBT setting must be the same: a :class:`ConfigError` names what differs;
+    without a checkpoint the run starts from scratch) and the run continues from its last
+    generation with the same compiled program, so the result is bit-identical to an
+    uninterrupted run with the same ``checkpoint_every``. ``on_save(generations_done,
+    run_seconds)`` is called after each save. ``options`` are :func:`pbt`'s (``fitness``,
+    ``truncation``, ``resample_probability``, ``exploit``, ``devices``).
+    """
+    from jaxrl.checkpoint import Checkpointer  # orbax: imported only when checkpointing
+
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be a positive number of generations, got {checkpoint_every!r}")
+    valid = isinstance(interval, int) and not isinstance(interval, bool) and interval >= 1  # else build_pbt says why
+    per_call = min(checkpoint_every, math.ceil(config.num_iterations / interval)) if valid else checkpoint_every
+    fitness = options.get("fitness", "return")
+    named = lambda v: v if not callable(v) else f"{v.__module__}.{v.__qualname__}"  # noqa: E731
+    settings = {"population": population, "interval": interval, "explore": explore, "seeds": seeds,
+                "checkpoint_every": per_call, "inputs": inputs_fingerprint(inputs),
+                **{k: named(v) for k, v in options.items() if k != "devices"}, "fitness": named(fitness)}
+    described = json.loads(json.dumps({"config": config.to_dict(), "pbt": settings}, default=str))
+    with contextlib.ExitStack() as stack:
+        ckpt = None if checkpoint_dir is None else stack.enter_context(Checkpointer(checkpoint_dir, keep=keep))
+        resuming = resume and ckpt is not None and ckpt.latest_step() is not None
+        if resuming:  # refused before compiling when anything differs
+            saved = ckpt.meta()["config"]
+            if saved != described:
+                changed = sorted(f"{part}.{k}" for part in ("config", "pbt") for k in
+                                 set(saved[part]) | set(described[part]) if saved[part].get(k) != described[part].get(k))
+                raise ConfigError(f"cannot resume the PBT run in {checkpoint_dir}: {', '.join(changed)} differ from "
+                                  "its checkpoint's")
+        program = build_pbt(config, population, interval, explore, seeds, inputs=inputs,
+                            generations_per_call=checkpoint_every, **options)
+        carry = program.start()
+        S, G, P = seeds, program.generations, population
+        shape = (S, G, P)
+        lineage = {"fitness": np.full(shape, np.nan, np.float32), "parent": np.full(shape, -1, np.int32),
+                   "hparams": {k: np.full(shape, np.nan, np.float32) for k in program.specs}}
+        metrics: dict[str, np.ndarray] | None = None  # (seeds, generations, members, interval)
+        done = 0
+        if resuming:
+            restored = ckpt.restore({"carry": carry, "lineage": lineage})
+            shardings = program.advance_program.input_shardings[0][0]
+            carry = jax.device_put(restored.state["carry"], shardings)
+            lineage = jax.tree.map(np.array, restored.state["lineage"])  # writable copies
+            done = math.ceil(restored.step / interval)
+            width = done * interval
+            metrics = {k: np.moveaxis(np.pad(np.asarray(v, np.float32).reshape(S, P, -1),
+                                             [(0, 0), (0, 0), (0, width - v.shape[1])], constant_values=np.nan
+                                             ).reshape(S, P, done, interval), 2, 1)
+                       for k, v in restored.metrics.items()}
+            program.run_seconds = float(restored.meta["run_seconds"])
+        for first in range(done, G, program.per_call):
+            carry, (chunk_metrics, fit, hps, parents) = program.advance(carry, first)
+            stop = first + fit.shape[1]
+            lineage["fitness"][:, first:stop], lineage["parent"][:, first:stop] = fit, parents
+            for k in program.specs:
+                lineage["hparams"][k][:, first:stop] = hps[k]
+            chunk_metrics = {k: np.asarray(v, np.float32) for k, v in chunk_metrics.items()}
+            metrics = chunk_metrics if metrics is None else {k: np.concatenate([metrics[k], v], 1)
+                                                             for k, v in chunk_metrics.items()}
+            if ckpt is not None:
+                iterations = min(stop * interval, config.num_iterations)
+                flat = {k: np.moveaxis(v, 2, 1).reshape(S * P, -1)[:, :iterations] for k, v in metrics.items()}
+                ckpt.save({"carry": carry, "lineage": lineage}, flat, config=described, num_seeds=S * P,
+                          chunk_size=program.per_call * interval, run_seconds=program.run_seconds)
+                if on_save is not None:
+                    on_save(stop, program.run_seconds)
+    return program.result(carry, (metrics, lineage["fitness"], lineage["hparams"], lineage["parent"]))

@@ -69,6 +69,7 @@ VALID_HINTS: dict[str, st.SearchStrategy] = {
     "num_envs": st.integers(1, 4),
     "num_steps": st.integers(1, 8),
     "hidden": st.lists(st.integers(1, 8), min_size=1, max_size=3) | st.integers(1, 8),
+    "conv": st.just(()),  # the fuzzed envs have vector observations (conv: tests/test_networks.py, test_minatar.py)
     "eval_every": st.integers(0, 3),
     "eval_episodes": st.integers(1, 3),
     "eval_max_steps": st.integers(1, 64),
@@ -350,7 +351,7 @@ def runnable_changes(draw: st.DrawFn, cls: type) -> dict[str, Any]:
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("algo", ALGOS)
-@fuzz(20)
+@fuzz(5)  # each example compiles a program (~2-5 s): 5 per algorithm keeps the default run's time
 @given(data=st.data())
 def test_accepted_configs_run_with_finite_metrics(algo, data):
     """Fewer configs, compiled and run for 2 iterations. Huge but legal magnitudes (lr=1e30) are

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # module -> layer; a package's submodules take its layer unless listed themselves
 LAYERS = {
     "jaxrl.envs": 1,  # the environment side (envs/, installed as jaxrl.envs)
-    "jaxrl.config": 2, "jaxrl.core": 2, "jaxrl.metrics": 2,  # the shared vocabulary
+    # the shared vocabulary, and NumPy statistics of results (programs rank and report with them)
+    "jaxrl.config": 2, "jaxrl.core": 2, "jaxrl.metrics": 2, "jaxrl.stats": 2,
     # building blocks, pure and jittable
     "jaxrl.returns": 3, "jaxrl.losses": 3, "jaxrl.networks": 3, "jaxrl.optim": 3, "jaxrl.targets": 3,
     "jaxrl.replay": 3, "jaxrl.normalize": 3, "jaxrl.batching": 3, "jaxrl.explore": 3,
@@ -20,7 +21,7 @@ LAYERS = {
     "jaxrl.loop": 5, "jaxrl.rollout": 5, "jaxrl.evaluate": 5, "jaxrl.sweeps": 5, "jaxrl.parallel": 5,
     "jaxrl.population": 5, "jaxrl.hpo": 5, "jaxrl.meta": 5,
     # host side
-    "jaxrl.runner": 6, "jaxrl.checkpoint": 6, "jaxrl.runs": 6, "jaxrl.loggers": 6, "jaxrl.stats": 6,
+    "jaxrl.runner": 6, "jaxrl.checkpoint": 6, "jaxrl.runs": 6, "jaxrl.loggers": 6,
     "jaxrl.plots": 6, "jaxrl.bench": 6, "jaxrl.cli": 6, "jaxrl.compile_cache": 6,
     "jaxrl": 7,  # the package's front door re-exports from everywhere
 }

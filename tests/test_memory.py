@@ -15,7 +15,8 @@ def program_bytes(config) -> tuple[int, int, int]:
     return train.num_iterations, stats.output_size_in_bytes, stats.temp_size_in_bytes
 
 
-@pytest.mark.parametrize("name", ["ppo_cartpole", "dqn_cartpole"])
+# DQN's in the slow suite: the default run's time is capped, and the loop's metrics are the same code
+@pytest.mark.parametrize("name", ["ppo_cartpole", pytest.param("dqn_cartpole", marks=pytest.mark.slow)])
 def test_1e8_step_run_costs_one_row_per_iteration(name):
     small = program_bytes(jaxrl.load_config(name, total_steps=1_000_000))
     huge = program_bytes(jaxrl.load_config(name, total_steps=100_000_000))

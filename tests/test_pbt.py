@@ -273,8 +273,8 @@ def test_cli_pbt_writes_run_folder(tmp_path, capsys):
                  "--out", str(tmp_path), "--no-compile-cache"])
     assert code == 0, capsys.readouterr()
     (run_dir,) = tmp_path.iterdir()
-    assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "summary.json", "lineage.csv", "metrics.npz",
-                                                   "population.png"}
+    assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "pbt.json", "summary.json", "lineage.csv",
+                                                   "metrics.npz", "population.png"}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["explore"] == {"lr": {"range": [1e-5, 1e-2], "log": True},
                                   "ent_coef": {"perturb": [0.5, 2.0], "init": [0.0, 0.01, 0.02, 0.03]}}
@@ -282,6 +282,45 @@ def test_cli_pbt_writes_run_folder(tmp_path, capsys):
     assert set(summary["final_hparams"]) == {"lr", "ent_coef"}
     lineage = (run_dir / "lineage.csv").read_text().splitlines()
     assert lineage[0] == "seed,generation,member,end_iteration,lr,ent_coef,fitness,parent" and len(lineage) == 13
+
+
+def test_cli_pbt_checkpoints_and_resumes_bit_identically(tmp_path, capsys, monkeypatch):
+    import json
+    import shutil
+
+    from jaxrl import runner
+    from jaxrl.cli import main
+
+    # 8 iterations, 4 generations of 2, a checkpoint after each
+    args = ["pbt", "ppo_cartpole", "total_steps=512", "num_envs=4", "num_steps=16", "hidden=[16]", "num_minibatches=2",
+            "update_epochs=1", "--population", "4", "--interval", "2", "--explore", "lr=range:1e-4:1e-1:log",
+            "--checkpoint-every", "1", "--out", str(tmp_path / "runs"), "--no-compile-cache"]
+    assert main(args) == 0, capsys.readouterr()
+    (full,) = (tmp_path / "runs").iterdir()
+    steps = sorted(int(p.name) for p in (full / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-2:] == [6, 8]  # the last two are kept (and the best)
+    # a copy that was interrupted after generation 3 (its newest checkpoint lost), resumed from the command line
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "checkpoints" / "8")
+    for name in ("summary.json", "lineage.csv", "metrics.npz", "population.png"):
+        (cut / name).unlink()
+    assert main(["pbt", "--resume", str(cut), "--no-compile-cache"]) == 0, capsys.readouterr()
+    assert "resuming" in capsys.readouterr().out
+    assert (cut / "lineage.csv").read_text() == (full / "lineage.csv").read_text()
+    with np.load(full / "metrics.npz") as a, np.load(cut / "metrics.npz") as b:
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (full, cut))
+    assert ours["final_return"] == theirs["final_return"] and ours["final_hparams"] == theirs["final_hparams"]
+    # resuming with other settings is refused before anything compiles
+    monkeypatch.setattr(runner, "build_pbt", lambda *a, **k: pytest.fail("compiled before checking"))
+    config = jaxrl.load_config(str(cut / "config.yaml"))
+    with pytest.raises(ConfigError, match="pbt.interval"):
+        runner.run_pbt(config, 4, 4, {"lr": {"range": [1e-4, 1e-1], "log": True}}, checkpoint_dir=cut / "checkpoints",
+                       resume=True)
+    assert main(["pbt", "ppo_cartpole", "--resume", str(cut)]) == 2
+    assert "give no config" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("items, message", [

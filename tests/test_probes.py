@@ -1,5 +1,5 @@
-"""Every probe environment solved by PPO and DQN (and DQN's variants): learned values and actions
-match the optimum.
+"""Every probe environment solved by PPO, DQN (and DQN's variants) and PQN: learned values and
+actions match the optimum.
 
 Probes isolate one piece of a learner each (value fitting, use of observations, discounting,
 policy improvement, conditioning on observations), so a failure here points at the broken piece.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxrl
-from jaxrl.algos import dqn, ppo
+from jaxrl.algos import dqn, ppo, pqn
 from jaxrl.envs import probes
 from tests.conftest import context, on_every_probe, probe_obs, run
 
@@ -53,7 +53,8 @@ def _dqn_probe_config(kind: str, **options):
     # is 0 at 0), and C51's logits, dueling quantiles and Munchausen's -1.9 need more movement
     {"distributional": "c51", "v_min": -2.0, "v_max": 2.0, "lr": 1e-2},
     {"distributional": "qr", "dueling": True, "lr": 1e-2},
-    {"distributional": "iqn", "num_taus": 8, "num_target_taus": 8, "num_acting_taus": 8},
+    {"distributional": "iqn", "num_taus": 8, "num_target_taus": 8, "num_acting_taus": 8, "num_cosines": 16,
+     "hidden": [64, 64]},  # a smaller network: the costliest probe of the default run
     {"munchausen": True, "double": False, "lr": 1e-2},
     # Rainbow: the values and actions are the mean network's (no noise); epsilon stays the probes'
     {"distributional": "c51", "v_min": -2.0, "v_max": 2.0, "lr": 1e-2, "dueling": True, "n_step": 3,
@@ -81,6 +82,29 @@ def test_dqn_solves_every_probe(options):
             greedy = [dqn.policy(ctx, agent(i), (), _obs(kind), k, deterministic=True)[0] for k in keys]
             np.testing.assert_array_equal(greedy[0], greedy[1], err_msg=kind)
             np.testing.assert_array_equal(greedy[0], q.argmax(-1), err_msg=kind)
+
+
+def _pqn_probe_config(kind: str, **options):
+    # eps_end stays high so the wrong action keeps being sampled and its value is learned too;
+    # lr 1e-2: in the probes that show obs [0] only the output layer's bias learns (LayerNorm of
+    # a zero vector is zero, and ReLU's gradient is 0 at 0)
+    settings = dict(env=f"probe/{kind}", total_steps=16 * 8 * 64, num_envs=16, num_steps=8, update_epochs=4,
+                    num_minibatches=2, hidden=[32, 32], eps_fraction=0.3, eps_end=0.3, lr=1e-2, anneal_lr=False,
+                    gamma=GAMMA)
+    return jaxrl.load_config("pqn_cartpole", **{**settings, **options})
+
+
+def test_pqn_solves_every_probe():
+    train, agent = on_every_probe(_pqn_probe_config("constant"))
+    for i, kind in enumerate(probes.PROBES):
+        q = pqn.network(context(train)).apply(agent(i).params, _obs(kind))
+        np.testing.assert_allclose(q.max(-1), probes.optimal_value(kind, _obs(kind), GAMMA), atol=0.1, err_msg=kind)
+        if kind == "discount":  # V(first step) = gamma: closer than the 1 - gamma a learner ignoring gamma is off by
+            np.testing.assert_allclose(q.max(-1)[0], GAMMA, atol=0.05)
+        if kind in ("action", "obs-action"):
+            best = np.asarray(probes.optimal_action(kind, _obs(kind), False)).reshape(-1)
+            np.testing.assert_array_equal(q.argmax(-1), best, err_msg=kind)
+            np.testing.assert_allclose(q.min(-1), -1.0, atol=0.1, err_msg=kind)  # the wrong action's value
 
 
 def jax_first(tree):
@@ -117,4 +141,11 @@ def test_dqn_bootstraps_through_truncations():
                                lr=3e-2, hidden=[16])
     train, out = run(config)
     q = dqn.network(context(train)).apply(jax_first(out.state.agent.params), _obs("constant"))
+    np.testing.assert_allclose(q.max(-1), _truncated_value(), atol=0.5)
+
+
+def test_pqn_bootstraps_through_truncations():
+    config = _pqn_probe_config("constant", env_kwargs=TRUNCATED, hidden=[16], lr=1e-1)
+    train, out = run(config)
+    q = pqn.network(context(train)).apply(jax_first(out.state.agent.params), _obs("constant"))
     np.testing.assert_allclose(q.max(-1), _truncated_value(), atol=0.5)

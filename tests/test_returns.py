@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl.returns import gae, nstep_returns, td_lambda, vtrace
+from jaxrl.returns import gae, nstep_returns, q_lambda, td_lambda, vtrace
 
 RTOL, ATOL = 1e-5, 1e-5
 
@@ -343,6 +343,87 @@ def test_validation():
     for n in (0, 2.0, True):
         with pytest.raises(ValueError, match="n must be"):
             nstep_returns(x, x, flags, flags, 0.9, n)
+
+
+# --------------------------------------------------------------------------------------------
+# Q(lambda) (PQN's targets)
+# --------------------------------------------------------------------------------------------
+
+
+def ref_q_lambda(rewards, next_q, terminated, truncated, *, gamma, lam):
+    """``G_t = r_t + gamma (1 - term_t) [(1 - lam) max_a Q(s'_t, a) + lam G_{t+1}]``, the bracket
+    being ``max_a Q(s'_t, a)`` where t's episode or the rollout ends; a loop over every env of a
+    ``(T, ...)`` batch, ``next_q`` with a trailing axis of actions (float64)."""
+    rewards, next_q = np.asarray(rewards, np.float64), np.asarray(next_q, np.float64)
+    out, T = np.zeros(rewards.shape), rewards.shape[0]
+    for env in np.ndindex(rewards.shape[1:]):
+        for t in reversed(range(T)):
+            at = (t, *env)
+            bootstrap = max(next_q[at])  # at a truncation: the final observation's values
+            if terminated[at] or truncated[at] or t == T - 1:
+                bracket = bootstrap
+            else:
+                bracket = (1 - lam) * bootstrap + lam * out[(t + 1, *env)]
+            out[at] = rewards[at] + (0.0 if terminated[at] else gamma * bracket)
+    return out
+
+
+def q_batch(rng, shape, actions=3, **kwargs):
+    d = make_batch(rng, shape, **kwargs)
+    return dict(rewards=d["rewards"], next_q=rng.normal(size=(*shape, actions)).astype(np.float32),
+                terminated=d["terminated"], truncated=d["truncated"])
+
+
+def _q_args(d):
+    return d["rewards"], d["next_q"], d["terminated"], d["truncated"]
+
+
+def test_q_lambda_hand_computed():
+    # T = 4, gamma = lam = 0.5, termination at t=1, truncation at t=2 (its final observation's
+    # best value 6, not the reset state's); max Q(s') = [1, 9, 6, 4] as HAND's next_values.
+    next_q = np.float32([[1, -3], [9, 2], [-1, 6], [4, 4]])
+    d = dict(rewards=HAND["rewards"], next_q=next_q, terminated=HAND["terminated"], truncated=HAND["truncated"])
+    for got in (q_lambda(*_q_args(d), 0.5, 0.5), ref_q_lambda(*_q_args(d), gamma=0.5, lam=0.5)):
+        np.testing.assert_allclose(np.asarray(got), HAND_TD, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("shape", [(37, 4), (23, 3, 2), (6, 1)], ids=["T,N", "T,N,K", "short"])
+def test_q_lambda_matches_reference_with_terminations_and_truncations(shape):
+    rng = np.random.default_rng(7)
+    compiled = jax.jit(q_lambda)  # one program per shape: gamma and lam are traced
+    for gamma, lam, p in [(0.99, 0.95, 0.1), (0.9, 0.5, 0.3), (0.97, 1.0, 0.05), (0.9, 0.0, 0.2)]:
+        d = q_batch(rng, shape, p_term=p, p_trunc=p)
+        assert d["terminated"].any() and d["truncated"].any() or shape == (6, 1)
+        got = compiled(*_q_args(d), gamma, lam)
+        want = ref_q_lambda(*_q_args(d), gamma=gamma, lam=lam)
+        assert got.shape == shape
+        np.testing.assert_allclose(np.asarray(got), want, rtol=RTOL, atol=ATOL, err_msg=f"{gamma} {lam}")
+
+
+@pytest.mark.parametrize("flag,should_change", [("truncated", True), ("terminated", False)])
+def test_q_lambda_bootstraps_from_the_final_observation_only_at_truncations(flag, should_change):
+    d = q_batch(np.random.default_rng(8), (5, 1), p_term=0.0, p_trunc=0.0)
+    d[flag][2] = True
+    before = np.asarray(q_lambda(*_q_args(d), 0.9, 0.8))
+    d["next_q"][2, 0] += 100.0  # every action's value of step 2's final observation
+    after = np.asarray(q_lambda(*_q_args(d), 0.9, 0.8))
+    changed = ~np.isclose(before, after)[:, 0]
+    if should_change:
+        assert changed[:3].all() and not changed[3:].any()  # t = 0..2 bootstrap through it
+    else:
+        assert not changed.any()
+    d["rewards"][3:] += 10.0  # the next episode never leaks into this one
+    np.testing.assert_array_equal(np.asarray(q_lambda(*_q_args(d), 0.9, 0.8))[:3], after[:3])
+
+
+def test_q_lambda_is_td_lambda_on_max_q_and_validates_shapes():
+    d = q_batch(np.random.default_rng(9), (12, 3))
+    on_max_q = td_lambda(d["rewards"], d["next_q"].max(-1), d["terminated"], d["truncated"], 0.9, 0.7)
+    np.testing.assert_allclose(np.asarray(jax.jit(q_lambda)(*_q_args(d), 0.9, 0.7)), np.asarray(on_max_q),
+                               rtol=RTOL, atol=ATOL)
+    for bad in (d["next_q"][..., 0], d["next_q"][:, :2]):
+        with pytest.raises(ValueError, match="next_q_values must be shaped like rewards"):
+            q_lambda(d["rewards"], bad, d["terminated"], d["truncated"], 0.9, 0.7)
 
 
 # --------------------------------------------------------------------------------------------

@@ -185,9 +185,10 @@ def network(ctx: Context) -> networks.QNetwork | networks.ImplicitQuantileNetwor
     noisy = dict(noisy=c.noisy, sigma0=c.noisy_sigma0)
     if c.distributional == "iqn":
         return networks.ImplicitQuantileNetwork(s.action_dim, c.hidden, c.activation, c.dueling, s.obs_shape,
-                                                num_cosines=c.num_cosines, **noisy)
+                                                conv=c.conv, num_cosines=c.num_cosines, **noisy)
     atoms = {"c51": c.num_atoms, "qr": c.num_quantiles}.get(c.distributional)
-    return networks.QNetwork(s.action_dim, c.hidden, c.activation, c.dueling, s.obs_shape, num_atoms=atoms, **noisy)
+    return networks.QNetwork(s.action_dim, c.hidden, c.activation, c.dueling, s.obs_shape, conv=c.conv,
+                             num_atoms=atoms, **noisy)
 
 
 NOISE_STREAM = 2  # the noisy layers' noise comes from fold_in(key, NOISE_STREAM)

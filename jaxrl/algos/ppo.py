@@ -20,9 +20,20 @@ exponential moving average of the policy's (updated after every optimizer step, 
 as in the paper's code) instead of the behaviour policy, and the advantages are importance-weighted
 by ``pi_prox / pi_behaviour``.
 
+IMPALA (Espeholt et al. 2018) as options: ``actor_lag: k`` makes the acting policy lag the
+learner by ``k`` updates (the agent keeps the parameters of its last ``k`` updates and acts with
+the oldest), so the rollout is off-policy for real, and ``advantage: vtrace`` replaces GAE by
+V-trace's value targets and policy-gradient advantages (:func:`jaxrl.returns.vtrace`, importance
+weights clipped at ``rho_bar`` and traces at ``c_bar``, ``gae_lambda`` as V-trace's lambda),
+corrected from the acting parameters' log-probabilities to the learner's. With ``objective: pg``
+and one epoch of one minibatch this is IMPALA's actor-critic update. (``advantage: gae`` with a
+lag learns as if the rollout were on-policy: the uncorrected baseline.)
+
 Acting runs the actor alone: the rollout's values and log-probabilities are computed at the
 start of ``learn``, batched over the whole rollout (the parameters have not changed since the
 rollout, so they are the same numbers, at a fraction of the per-step cost: +2-5% env steps/s).
+With ``actor_lag`` the acting parameters' log-probabilities (V-trace's behaviour policy) are
+recomputed the same way, from the oldest parameters of the agent's ring.
 """
 
 from __future__ import annotations
@@ -65,6 +76,10 @@ class Config(cfg.Config):
     drift: str = "dpo"  # dpo: "dpo" (the closed form) or the import path of fn(ratio, advantage, ctx) -> drift
     ewma_decay: float = 0.0  # PPO-EWMA's decay of the proximal policy's average (0: off, no proximal policy)
     baseline: bool = True  # advantages are returns minus the critic's values; false: the returns (REINFORCE)
+    actor_lag: int = 0  # IMPALA: act with the parameters of this many updates ago (0: the learner's own)
+    advantage: str = "gae"  # one of ADVANTAGES: how advantages and value targets are estimated
+    rho_bar: float = cfg.traced(1.0)  # vtrace: clip of the importance weights (targets and policy gradient)
+    c_bar: float = cfg.traced(1.0)  # vtrace: clip of the trace coefficients
 
     def validate(self) -> None:
         super().validate()
@@ -92,9 +107,19 @@ class Config(cfg.Config):
         cfg.require(self.drift == "dpo" or self.objective == "dpo",
                     f"drift={self.drift!r} is used only by objective 'dpo', not {self.objective!r}")
         drift_function(self.drift)  # a ConfigError unless it names a function
+        cfg.require(self.actor_lag >= 0, f"actor_lag must be >= 0 (updates the acting policy lags), got {self.actor_lag}")
+        cfg.require(self.advantage in ADVANTAGES,
+                    f"advantage must be one of {', '.join(ADVANTAGES)}, got {self.advantage!r}"
+                    + cfg.suggest(self.advantage, list(ADVANTAGES)))
+        cfg.require(self.rho_bar > 0, f"rho_bar must be > 0, got {self.rho_bar}")
+        cfg.require(self.c_bar > 0, f"c_bar must be > 0, got {self.c_bar}")
+        cfg.require(self.baseline or self.advantage == "gae",
+                    "baseline: false (REINFORCE: the advantages are GAE's returns) needs advantage: gae, "
+                    f"got {self.advantage!r}")
 
 
 OBJECTIVES = ("clip", "kl", "spo", "mdpo", "dpo", "pg")
+ADVANTAGES = ("gae", "vtrace")  # GAE (on-policy) or V-trace (off-policy corrected, IMPALA)
 
 
 def drift_function(name: str) -> Callable | None:
@@ -127,28 +152,41 @@ class State(struct.PyTreeNode):
     kl_coef: jax.Array | None = None  # objective kl: the adaptive KL coefficient
     prox_params: dict | None = None  # PPO-EWMA: the proximal policy's parameters ...
     prox_weight: jax.Array | None = None  # ... and the total weight of their average
+    lagged: dict | None = None  # actor_lag k: the params before each of the last k updates, oldest first
 
 
 def network(ctx: Context) -> ActorCritic:
     c, s = ctx.config, ctx.spec
-    return ActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape)
+    return ActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape, c.conv)
 
 
 def optimizer(ctx: Context) -> Optimizer:
     return Optimizer(schedule="linear" if ctx.config.anneal_lr else "constant")
 
 
+def init_params(ctx: Context, key: jax.Array) -> dict:
+    """Fresh parameters of :func:`network`."""
+    return networks.init(network(ctx), key, jnp.zeros((1, *ctx.spec.obs_shape)))
+
+
 def init(ctx: Context, key: jax.Array) -> State:
     c = ctx.config
-    params = networks.init(network(ctx), key, jnp.zeros((1, *ctx.spec.obs_shape)))
+    params = init_params(ctx, key)
     return State(params, optimizer(ctx).init(params),
                  kl_coef=ctx.hp["kl_coef"] if c.objective == "kl" else None,
                  prox_params=params if c.ewma_decay else None,
-                 prox_weight=jnp.float32(1.0) if c.ewma_decay else None)
+                 prox_weight=jnp.float32(1.0) if c.ewma_decay else None,
+                 lagged=jax.tree.map(lambda x: jnp.stack([x] * c.actor_lag), params) if c.actor_lag else None)
+
+
+def acting_params(agent: State) -> dict:
+    """The parameters the agent acts with: its own, or with ``actor_lag`` those of
+    ``actor_lag`` updates ago (the initial ones until there were that many updates)."""
+    return agent.params if agent.lagged is None else jax.tree.map(lambda x: x[0], agent.lagged)
 
 
 def act(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, tuple, dict]:
-    pi = network(ctx).apply(agent.params, obs, method=ActorCritic.policy)
+    pi = network(ctx).apply(acting_params(agent), obs, method=ActorCritic.policy)
     return pi.sample(seed=key), carry, {}
 
 
@@ -157,6 +195,12 @@ def policy(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Ar
     """Actions for evaluation: the mode (discrete) or mean (continuous) when deterministic."""
     pi = network(ctx).apply(agent.params, obs, method=ActorCritic.policy)
     return (pi.mode() if deterministic else pi.sample(seed=key)), carry
+
+
+def normalized(ctx: Context, x: jax.Array) -> jax.Array:
+    """``x`` shifted and scaled to mean 0 and standard deviation 1 over every device's items."""
+    mean = ctx.mean(x)
+    return (x - mean) / (jnp.sqrt(ctx.mean(jnp.square(x - mean))) + 1e-8)
 
 
 def objective_loss(ctx: Context, ratio: jax.Array, adv: jax.Array, pi: distrax.Distribution,
@@ -189,10 +233,7 @@ def loss(ctx: Context, params: dict, mb: dict, reference: dict | None = None,
     c, hp = ctx.config, ctx.hp
     pi, value = network(ctx).apply(params, mb["obs"])
     log_prob = pi.log_prob(mb["action"])
-    adv = mb["advantage"]
-    if c.normalize_advantages:  # over the whole minibatch, every device's share of it
-        mean = ctx.mean(adv)
-        adv = (adv - mean) / (jnp.sqrt(ctx.mean(jnp.square(adv - mean))) + 1e-8)
+    adv = normalized(ctx, mb["advantage"]) if c.normalize_advantages else mb["advantage"]
     ref_pi, ref_log_prob = None, mb["log_prob"]
     if reference is not None:
         ref_pi = network(ctx).apply(reference, mb["obs"], method=ActorCritic.policy)
@@ -225,24 +266,57 @@ def ewma(ctx: Context, agent: State) -> State:
     return agent.replace(prox_params=prox, prox_weight=weight)
 
 
+def rollout_data(ctx: Context, params: dict, traj: Transition, advantage: str = "gae",
+                 behaviour: dict | None = None) -> dict:
+    """The rollout as the learner sees it, this device's transitions flattened to ``(T * N,
+    ...)``: normalised observations, actions, the log-probabilities and values of ``params``
+    (the learner's), advantages and value targets (with the ``gamma`` and ``gae_lambda``
+    hyperparameters).
+
+    ``advantage="gae"``: GAE, bootstrapping truncated episodes from the final observation's
+    value. ``"vtrace"``: V-trace (clips ``rho_bar`` and ``c_bar``) for a rollout played by the
+    policy of the ``behaviour`` params (None: ``params`` themselves, on-policy).
+    """
+    hp = ctx.hp
+    obs, next_obs = ctx.normalize(traj.obs), ctx.normalize(traj.next_obs)
+    pi, values = network(ctx).apply(params, obs)
+    log_prob = pi.log_prob(traj.action)
+    next_values = network(ctx).apply(params, next_obs, method=ActorCritic.value)
+    if advantage == "vtrace":
+        behaviour_log_prob = log_prob if behaviour is None else (
+            network(ctx).apply(behaviour, obs, method=ActorCritic.policy).log_prob(traj.action))
+        target, adv = returns.vtrace(traj.reward, values, next_values, traj.terminated, traj.truncated,
+                                     log_prob - behaviour_log_prob, hp["gamma"], hp["gae_lambda"],
+                                     hp["rho_bar"], hp["c_bar"], hp["rho_bar"])
+    else:
+        adv, target = returns.gae(traj.reward, values, next_values,
+                                  traj.terminated, traj.truncated, hp["gamma"], hp["gae_lambda"])
+    data = {"obs": obs, "action": traj.action, "log_prob": log_prob, "value": values, "advantage": adv,
+            "target": target}
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data)
+
+
+def lag(agent: State, params: dict) -> State:
+    """``agent`` with ``params`` (the parameters before this update) appended to its ring of
+    lagged parameters and the oldest dropped (nothing to do without ``actor_lag``)."""
+    if agent.lagged is None:
+        return agent
+    return agent.replace(lagged=jax.tree.map(lambda ring, p: jnp.concatenate([ring[1:], p[None]]),
+                                             agent.lagged, params))
+
+
 def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple[State, dict]:
     c, hp = ctx.config, ctx.hp
-    obs, next_obs = ctx.normalize(traj.obs), ctx.normalize(traj.next_obs)
-    pi, values = network(ctx).apply(agent.params, obs)  # as the rollout's policy saw them
-    log_prob = pi.log_prob(traj.action)
-    next_values = network(ctx).apply(agent.params, next_obs, method=ActorCritic.value)
-    advantage, target = returns.gae(traj.reward, values, next_values,
-                                    traj.terminated, traj.truncated, hp["gamma"], hp["gae_lambda"])
+    before = agent.params  # the policy before this update: the kl and mdpo objectives' reference
+    # the rollout's log-probabilities and values as the learner's parameters give them (without
+    # actor_lag the acting ones: the same parameters and normalisation statistics)
+    data = rollout_data(ctx, before, traj, c.advantage, None if agent.lagged is None else acting_params(agent))
     if not c.baseline:  # REINFORCE: the returns themselves (the critic only bootstraps cut-off episodes)
-        advantage = target
-    data = {"obs": obs, "action": traj.action, "log_prob": log_prob,
-            "value": values, "advantage": advantage, "target": target}
-    data = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data)  # this device's transitions
+        data["advantage"] = data["target"]
     opt = optimizer(ctx)
-    behaviour = agent.params if c.objective in ("kl", "mdpo") else None
 
     def minibatch_step(agent: State, mb: dict) -> tuple[State, dict]:
-        reference = agent.prox_params if c.ewma_decay else behaviour
+        reference = agent.prox_params if c.ewma_decay else before if c.objective in ("kl", "mdpo") else None
         loss_fn = lambda p, b: loss(ctx, p, b, reference, agent.kl_coef)  # noqa: E731
         params, opt_state, metrics = opt.step(ctx, agent.params, agent.opt_state, loss_fn, mb)
         agent = agent.replace(params=params, opt_state=opt_state)
@@ -250,8 +324,8 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
 
     agent, metrics = batching.epochs(minibatch_step, agent, data, key, c.update_epochs, c.num_minibatches)
     if c.objective == "kl":  # adapt the coefficient to this update's KL[old, new]
-        new_pi = network(ctx).apply(agent.params, obs, method=ActorCritic.policy)
-        kl = ctx.mean(pi.kl_divergence(new_pi))
+        old_pi, new_pi = (network(ctx).apply(p, data["obs"], method=ActorCritic.policy) for p in (before, agent.params))
+        kl = ctx.mean(old_pi.kl_divergence(new_pi))
         metrics = {**metrics, "kl_coef": agent.kl_coef, "update_kl": kl}
         agent = agent.replace(kl_coef=losses.adapt_kl_coef(agent.kl_coef, kl, hp["kl_target"]))
-    return agent, metrics
+    return lag(agent, before), metrics

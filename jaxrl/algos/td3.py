@@ -75,13 +75,14 @@ class State(struct.PyTreeNode):
 
 def actor_net(ctx: Context) -> networks.DeterministicActor:
     c, (low, high) = ctx.config, ctx.spec.action_bounds
-    return networks.DeterministicActor(low, high, c.hidden, c.activation, c.layer_norm, ctx.spec.obs_shape)
+    return networks.DeterministicActor(low, high, c.hidden, c.activation, c.layer_norm, ctx.spec.obs_shape,
+                                       c.conv)
 
 
 def critic_net(ctx: Context) -> networks.QCriticEnsemble:
     c = ctx.config
     return networks.QCriticEnsemble(c.critic_hidden or c.hidden, c.num_critics, c.activation, c.layer_norm,
-                                    obs_shape=ctx.spec.obs_shape)
+                                    obs_shape=ctx.spec.obs_shape, conv=c.conv)
 
 
 def init(ctx: Context, key: jax.Array) -> State:
