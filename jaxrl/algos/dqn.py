@@ -42,7 +42,8 @@ target distribution, as in Rainbow; qr and iqn: the item's quantile Huber loss),
 the parameters before the step. Each device of a data-parallel run keeps its own buffer and priorities.
 
 ``noisy`` (Fortunato et al., 2018, "Noisy Networks for Exploration") makes every dense layer of
-the Q-network a factorised-Gaussian :class:`jaxrl.networks.NoisyDense` (``noisy_sigma0``). Noise
+the Q-network (torso and head, as Rainbow's fully connected layers; ``conv`` layers stay
+deterministic) a factorised-Gaussian :class:`jaxrl.networks.NoisyDense` (``noisy_sigma0``). Noise
 is drawn afresh for every forward pass (acting; the online, target and action-choosing passes of
 a gradient step each their own) from its own stream of that call's key; the deterministic
 (greedy) policy uses the mean weights. Epsilon-greedy stays as configured: set ``eps_start`` and
