@@ -75,7 +75,8 @@ def test_dqn_solves_every_probe(options):
             best = np.asarray(probes.optimal_action(kind, _obs(kind), False)).reshape(-1)
             np.testing.assert_array_equal(q.argmax(-1), best, err_msg=kind)
             np.testing.assert_allclose(q.min(-1), wrong, atol=0.1, err_msg=kind)  # the wrong action's value
-        if config.noisy:  # noise by key when acting; the greedy policy is the mean network's
+        if config.noisy and kind == "obs-action":  # noise by key when acting; the greedy policy is the mean
+            # network's (one probe: eager calls cost seconds each)
             ctx, keys = context(train), jax.random.split(jax.random.key(2), 2)
             noisy = [dqn.q_values(ctx, agent(i).params, _obs(kind), k) for k in keys]
             assert not np.allclose(noisy[0], noisy[1], atol=1e-4), kind
