@@ -6,8 +6,9 @@ logits/means (a near-uniform initial policy) and 1.0 for values; :func:`init` bu
 network's params with all those random matrices drawn in one call, ensembles included.
 
 Top to bottom: init machinery (:class:`Orthogonal`, :func:`orthogonal`, :func:`dense`,
-:func:`init`, :func:`ensemble`), the torso (:class:`MLP`, with :func:`obs_features`: convolutions
-for image observations, the config's ``conv``), then heads: on-policy :class:`ActorCritic`, DQN's
+:func:`init`, :func:`ensemble`, :class:`NoisyDense`), the torso (:class:`MLP`, with
+:func:`obs_features`: convolutions for image observations, the config's ``conv``), then heads:
+on-policy :class:`ActorCritic`, DQN's
 :class:`QNetwork` (scalar or distributional, via :func:`action_head`) and IQN's
 :class:`ImplicitQuantileNetwork` (:class:`CosineEmbedding`, :func:`distort`), and the off-policy actor-critic family's critics (:class:`QCritic`,
 :class:`QCriticEnsemble`, :class:`DiscreteCriticEnsemble`) and actors
@@ -94,6 +95,50 @@ def orthogonal(gain: float) -> nn.initializers.Initializer:
 def dense(features: int, gain: float = float(np.sqrt(2)), name: str | None = None) -> nn.Dense:
     """A dense layer with an orthogonal ``gain``-scaled kernel and zero bias."""
     return nn.Dense(features, kernel_init=orthogonal(gain), bias_init=nn.initializers.zeros, name=name)
+
+
+class NoisyDense(nn.Module):
+    """A dense layer with factorised Gaussian noise on its weights (Fortunato et al., 2018, "Noisy
+    Networks for Exploration", section 3.(b)): ``y = x (mu_w + sigma_w * eps_w) + mu_b + sigma_b * eps_b``
+    with ``eps_w = f(eps_in) f(eps_out)^T``, ``eps_b = f(eps_out)``, ``f(e) = sgn(e) sqrt(|e|)`` and
+    ``eps_in (inputs,)``, ``eps_out (features,)`` standard normal, so a draw costs ``inputs +
+    features`` normals, not their product.
+
+    The noise is drawn afresh at every call from the ``noise`` rng stream
+    (``apply(..., rngs={"noise": key})``), one draw for the whole batch; called without a
+    ``noise`` rng (as ``init`` does) the layer uses its mean weights ``mu``, the deterministic
+    network. Init as in the paper's factorised case: ``mu ~ U[-1/sqrt(p), 1/sqrt(p)]`` and
+    ``sigma = sigma0 / sqrt(p)`` for ``p`` inputs.
+    """
+
+    features: int
+    sigma0: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        inputs = x.shape[-1]
+        bound = 1.0 / math.sqrt(inputs)
+        uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
+        sigma = nn.initializers.constant(self.sigma0 / math.sqrt(inputs))
+        mu_w = self.param("kernel", uniform, (inputs, self.features))
+        mu_b = self.param("bias", uniform, (self.features,))
+        sigma_w = self.param("sigma_kernel", sigma, (inputs, self.features))
+        sigma_b = self.param("sigma_bias", sigma, (self.features,))
+        y = x @ mu_w + mu_b
+        if not self.has_rng("noise"):
+            return y
+        k_in, k_out = jax.random.split(self.make_rng("noise"))
+        scaled = lambda e: jnp.sign(e) * jnp.sqrt(jnp.abs(e))  # noqa: E731  (f)
+        f_in = scaled(jax.random.normal(k_in, (inputs,), x.dtype))
+        f_out = scaled(jax.random.normal(k_out, (self.features,), x.dtype))
+        # x (sigma_w * f_in f_out^T) = ((x * f_in) sigma_w) * f_out: no (inputs, features) noise matrix
+        return y + ((x * f_in) @ sigma_w) * f_out + sigma_b * f_out
+
+
+def linear(features: int, gain: float, noisy: bool = False, sigma0: float = 0.5) -> nn.Module:
+    """A :func:`dense` layer (orthogonal, ``gain``), or with ``noisy`` a :class:`NoisyDense`
+    (``sigma0``; its own init, as the paper's)."""
+    return NoisyDense(features, sigma0) if noisy else dense(features, gain)
 
 
 def init(module: nn.Module, key: jax.Array, *inputs: jax.Array) -> dict:
@@ -243,7 +288,8 @@ class MLP(nn.Module):
     for images), then ``hidden`` dense layers.
 
     ``layer_norm`` puts a LayerNorm after each dense layer (and convolution), before its
-    activation (off by default, so existing networks' params are unchanged).
+    activation (off by default, so existing networks' params are unchanged); ``noisy`` makes the
+    dense layers :class:`NoisyDense` (``sigma0``; the convolutions stay deterministic).
     """
 
     hidden: Sequence[int]
@@ -251,12 +297,14 @@ class MLP(nn.Module):
     obs_shape: tuple[int, ...] = ()  # the per-observation shape, flattened to one axis
     layer_norm: bool = False
     conv: Convs = ()
+    noisy: bool = False
+    sigma0: float = 0.5
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = obs_features(x, self.obs_shape, self.conv, self.activation, self.layer_norm)
         for width in self.hidden:
-            x = dense(width)(x)
+            x = linear(width, float(np.sqrt(2)), self.noisy, self.sigma0)(x)
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = ACTIVATION_FNS[self.activation](x)
@@ -305,7 +353,8 @@ class ActorCritic(nn.Module):
 
 class _ActionValues(nn.Module):
     """Fields shared by the networks of action values (:class:`QNetwork`,
-    :class:`ImplicitQuantileNetwork`)."""
+    :class:`ImplicitQuantileNetwork`). ``noisy``: every dense layer of the torso and the head is
+    a :class:`NoisyDense` (``sigma0``): noisy with a ``noise`` rng, the mean network without."""
 
     num_actions: int
     hidden: Sequence[int]
@@ -314,6 +363,14 @@ class _ActionValues(nn.Module):
     obs_shape: tuple[int, ...] = ()
     layer_norm: bool = False
     conv: Convs = ()
+    noisy: bool = False
+    sigma0: float = 0.5
+
+    def torso(self, hidden: Sequence[int], obs_shape: tuple[int, ...], conv: Convs = ()) -> MLP:
+        return MLP(hidden, self.activation, obs_shape, self.layer_norm, conv, self.noisy, self.sigma0)
+
+    def head(self, x: jax.Array, num_atoms: int | None = None) -> jax.Array:
+        return action_head(x, self.num_actions, self.dueling, num_atoms, self.noisy, self.sigma0)
 
 
 class QNetwork(_ActionValues):
@@ -333,20 +390,20 @@ class QNetwork(_ActionValues):
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        x = MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm, self.conv)(obs)
-        return action_head(x, self.num_actions, self.dueling, self.num_atoms)
+        return self.head(self.torso(self.hidden, self.obs_shape, self.conv)(obs), self.num_atoms)
 
 
-def action_head(x: jax.Array, num_actions: int, dueling: bool, num_atoms: int | None = None) -> jax.Array:
+def action_head(x: jax.Array, num_actions: int, dueling: bool, num_atoms: int | None = None, noisy: bool = False,
+                sigma0: float = 0.5) -> jax.Array:
     """Dense outputs per action from features ``x (..., features)`` (call inside a compact
     module): (..., num_actions), or (..., num_actions, num_atoms) with ``num_atoms``; ``dueling``
-    computes them as V + (A - mean over actions of A)."""
+    computes them as V + (A - mean over actions of A); ``noisy``: :class:`NoisyDense` layers."""
     atoms = num_atoms or 1
     shape = x.shape[:-1] + ((num_actions, atoms) if num_atoms else (num_actions,))
     if not dueling:
-        return dense(num_actions * atoms, 1.0)(x).reshape(shape)
-    advantage = dense(num_actions * atoms, 1.0)(x).reshape(x.shape[:-1] + (num_actions, atoms))
-    value = dense(atoms, 1.0)(x)[..., None, :]
+        return linear(num_actions * atoms, 1.0, noisy, sigma0)(x).reshape(shape)
+    advantage = linear(num_actions * atoms, 1.0, noisy, sigma0)(x).reshape(x.shape[:-1] + (num_actions, atoms))
+    value = linear(atoms, 1.0, noisy, sigma0)(x)[..., None, :]
     return (value + advantage - advantage.mean(axis=-2, keepdims=True)).reshape(shape)
 
 
@@ -383,11 +440,11 @@ class ImplicitQuantileNetwork(_ActionValues):
     @nn.compact
     def __call__(self, obs: jax.Array, taus: jax.Array) -> jax.Array:
         *torso, last = self.hidden
-        x = (MLP(torso, self.activation, self.obs_shape, self.layer_norm, self.conv)(obs) if torso
+        x = (self.torso(torso, self.obs_shape, self.conv)(obs) if torso
              else obs_features(obs, self.obs_shape, self.conv, self.activation, self.layer_norm))
         x = x[..., None, :] * CosineEmbedding(self.num_cosines, x.shape[-1])(taus)  # (..., K, features)
-        x = MLP((last,), self.activation, (x.shape[-1],), self.layer_norm)(x)
-        return jnp.swapaxes(action_head(x, self.num_actions, self.dueling), -1, -2)
+        x = self.torso((last,), (x.shape[-1],))(x)
+        return jnp.swapaxes(self.head(x), -1, -2)
 
 
 RISKS = ("neutral", "cvar", "wang")  # distortions of IQN's sampled quantile fractions

@@ -16,8 +16,8 @@ from jaxrl.config import ConfigError, build, config_names, parse_grid, parse_ove
 def test_bundled_configs_load(name):
     config = jaxrl.load_config(name)
     variants = {"ddpg": "td3", "tqc": "sac", "spo": "ppo", "mdpo": "ppo", "dpo": "ppo",
-                "c51": "dqn", "qrdqn": "dqn", "iqn": "dqn", "mdqn": "dqn", "a2c": "ppo", "reinforce": "ppo",
-                "impala": "ppo"}  # named after the variant
+                "c51": "dqn", "qrdqn": "dqn", "iqn": "dqn", "mdqn": "dqn", "rainbow": "dqn", "a2c": "ppo",
+                "reinforce": "ppo", "impala": "ppo"}  # named after the variant
     variant = variants.get(name.split("_")[0], name.split("_")[0])
     assert config.algo == variant, (name, config.algo)
     assert config.num_iterations >= 1

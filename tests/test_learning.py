@@ -56,6 +56,7 @@ DQN_SHORT_THRESHOLD = 120.0
     pytest.param("qrdqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
     pytest.param("iqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
     pytest.param("mdqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
+    pytest.param("rainbow_cartpole", {}, 4, 100, 400.0, marks=SLOW),
     pytest.param("pqn_cartpole", {}, 4, 100, 475.0, marks=SLOW),
     pytest.param("trpo_cartpole", {}, 4, 100, 475.0, marks=SLOW),
     pytest.param("trpo_pendulum", {}, 4, 100, -250.0, marks=SLOW),
