@@ -1,9 +1,11 @@
 """Name -> environment registry: `make`, `registered`, `register`.
 
-Names: every gymnax id (`CartPole-v1`, `Breakout-MinAtar`, ...), `brax/<name>` for brax envs,
-and `probe/<kind>[-continuous]`. `make` returns the adapted env with its time limit and action
-clipping but without `AutoReset`/`EpisodeStats`: the training loop adds those with
-`wrap_for_training`. Factories import gymnax/brax only when called, so importing this is cheap.
+Names: every gymnax id (`CartPole-v1`, `Breakout-MinAtar`, `MemoryChain-bsuite`, ...),
+`brax/<name>` for brax envs, `probe/<kind>[-continuous]`, and partially observed variants
+(`CartPole-v1-masked`: velocities hidden; any env takes `obs_mask=[...]`). `make` returns the
+adapted env with its time limit and action clipping but without `AutoReset`/`EpisodeStats`:
+the training loop adds those with `wrap_for_training`. Factories import gymnax/brax only when
+called, so importing this is cheap.
 
 `make` also takes an import path `package.module:factory` (the form a config's `env` takes for
 an environment of one's own): the module is imported (the current directory first, as
@@ -30,7 +32,7 @@ from .core import Environment, Params
 from .gymnax_env import GYMNAX_ENVS, make_gymnax
 from .probes import PROBE_OPTIONS, make_probe, probe_names
 from .spaces import Box
-from .wrappers import ClipAction, TimeLimit
+from .wrappers import ClipAction, MaskObservation, TimeLimit
 
 Factory = Callable[..., Environment]
 
@@ -67,18 +69,28 @@ def make(name: str, **kwargs: Any) -> tuple[Environment, Params]:
     docstring). Keyword arguments go to the env's factory: for gymnax envs, `EnvParams` fields
     or constructor arguments; for brax envs `backend=`, `episode_length=` (default 1000, `None`
     for no limit) and arguments of `brax.envs.get_environment`; for probes `max_steps=` and
-    `constant_obs=`. Bad names, paths and arguments raise `ValueError`; an env from an import
-    path that fails `envs.check` raises `EnvCheckError` (a `ValueError`) listing the problems.
+    `constant_obs=`. Every env also takes `obs_mask=[i, j, ...]`: only those entries of its
+    observations are kept (`MaskObservation`, a partially observed variant). Bad names, paths
+    and arguments raise `ValueError`; an env from an import path that fails `envs.check`
+    raises `EnvCheckError` (a `ValueError`) listing the problems.
     """
     if not isinstance(name, str):
         raise ValueError(f"Environment name must be a string, got {name!r}")
+    obs_mask = kwargs.pop("obs_mask", None)
     if name in _REGISTRY:
         env = _REGISTRY[name](**kwargs)
         if not isinstance(env, Environment):
             raise TypeError(f"Factory for {name!r} returned {type(env).__name__}, not Environment")
-        return env, env.default_params
-    if ":" in name:
-        return _make_from_import_path(name, kwargs)
+    elif ":" in name:
+        env, _ = _make_from_import_path(name, kwargs)
+    else:
+        _unknown(name)
+    if obs_mask is not None:
+        env = MaskObservation(env, obs_mask)
+    return env, env.default_params
+
+
+def _unknown(name: str) -> None:
     close = difflib.get_close_matches(name, _REGISTRY, n=5, cutoff=0.5)
     hint = f" Did you mean {close}?" if close else " See jaxrl.envs.registered()."
     raise ValueError(f"Unknown environment {name!r}.{hint} An environment of your own is named by "
@@ -184,10 +196,22 @@ def _probe_factory(name: str, **kwargs: Any) -> Environment:
     return make_probe(name, **kwargs)
 
 
+def _masked_factory(base: str, indices: tuple[int, ...], **kwargs: Any) -> Environment:
+    return MaskObservation(make(base, **kwargs)[0], indices)
+
+
+# Partially observed variants registered by name: name -> (the env, the observation indices kept).
+MASKED_ENVS: dict[str, tuple[str, tuple[int, ...]]] = {
+    # CartPole's observation is (x, x_dot, theta, theta_dot): positions kept, velocities hidden
+    "CartPole-v1-masked": ("CartPole-v1", (0, 2)),
+}
+
 for _name in GYMNAX_ENVS:
     register(_name, functools.partial(_gymnax_factory, _name))
 for _name in BRAX_ENVS:
     register(f"brax/{_name}", functools.partial(_brax_factory, _name))
 for _name in probe_names():
     register(_name, functools.partial(_probe_factory, _name))
-del _name
+for _name, (_base, _indices) in MASKED_ENVS.items():
+    register(_name, functools.partial(_masked_factory, _base, _indices))
+del _name, _base, _indices

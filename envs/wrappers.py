@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from .core import Environment, Params, State, StepResult
@@ -266,6 +267,57 @@ class FlattenObservation(Wrapper):
         if "final_obs" in info:
             info = {**info, "final_obs": info["final_obs"].reshape(-1)}
         return obs.reshape(-1), state, reward, terminated, truncated, info
+
+
+class MaskObservation(Wrapper):
+    """Keeps only the observation entries at `indices` (along the observation's last axis, in
+    the given order): a partially observed version of any env with a Box observation space.
+
+    E.g. CartPole-v1 with `indices=(0, 2)` observes the cart position and the pole angle but
+    not their velocities, so a policy must remember past observations to act well. Every
+    environment takes it as `make(name, obs_mask=[...])` (a config's `env_kwargs: {obs_mask:
+    [0, 2]}`).
+    """
+
+    def __init__(self, env: Environment, indices: Any):
+        super().__init__(env)
+        space = env.observation_space(env.default_params)
+        if not isinstance(space, Box) or not space.shape:
+            raise ValueError(f"obs_mask needs a Box observation space with at least one axis, "
+                             f"got {space} for {env.name}")
+        size = space.shape[-1]
+        valid = (isinstance(indices, (list, tuple)) and len(indices) > 0
+                 and all(isinstance(i, int) and not isinstance(i, bool) for i in indices))
+        if not valid:
+            raise ValueError(f"obs_mask must be a non-empty list of observation indices (integers), "
+                             f"got {indices!r}")
+        if not all(0 <= i < size for i in indices) or len(set(indices)) != len(indices):
+            raise ValueError(f"obs_mask {list(indices)} must list distinct indices in [0, {size}) "
+                             f"(the last axis of {env.name}'s observations, shape {space.shape})")
+        self.indices = tuple(indices)
+
+    def _mask(self, obs: jax.Array) -> jax.Array:
+        return obs[..., jnp.asarray(self.indices)]
+
+    def observation_space(self, params: Params) -> Box:
+        space = self.env.observation_space(params)
+        index = np.asarray(self.indices)  # bounds are NumPy, or JAX arrays when traced: both index alike
+        return Box(space.low[..., index], space.high[..., index], dtype=space.dtype)
+
+    def reset(self, key: jax.Array, params: Params) -> tuple[jax.Array, State]:
+        obs, state = self.env.reset(key, params)
+        return self._mask(obs), state
+
+    def step(
+        self, key: jax.Array, state: State, action: jax.Array, params: Params
+    ) -> StepResult:
+        obs, state, reward, terminated, truncated, info = self.env.step(key, state, action, params)
+        if "final_obs" in info:  # when wrapped around an AutoReset
+            info = {**info, "final_obs": self._mask(info["final_obs"])}
+        return self._mask(obs), state, reward, terminated, truncated, info
+
+    def __repr__(self) -> str:
+        return f"MaskObservation({self.env!r}, {list(self.indices)})"
 
 
 def _box_action_space(env: Environment, wrapper: str) -> Box:

@@ -117,7 +117,9 @@ class Transition(struct.PyTreeNode):
     """A time-major rollout ``(T, N, ...)``: at step ``t`` env ``n`` saw ``obs``, took ``action``,
     got ``reward``; ``next_obs`` is the true next observation (the final one at an episode end,
     before the auto-reset: bootstrap from it at truncations); ``first`` marks the first step of an
-    episode (where a recurrent state starts afresh)."""
+    episode (where a recurrent state starts afresh). ``carry`` alone has no time axis: each env's
+    carry at the rollout's first step ``(N, ...)`` (already reset where ``first[0]``; ``()`` for
+    feed-forward agents), from which a recurrent learner replays the rollout."""
 
     obs: jax.Array
     action: jax.Array
@@ -127,6 +129,18 @@ class Transition(struct.PyTreeNode):
     next_obs: jax.Array
     first: jax.Array
     extras: dict[str, jax.Array]  # whatever ``act`` returned (log-probs, values, ...)
+    carry: Any = ()  # the agent's per-env carry the rollout started from, (N, ...)
+
+
+def fresh_carry(first: jax.Array, initial: Any, carry: Any) -> Any:
+    """``carry`` (batched over envs: leaves ``(N, ...)``) with the envs where ``first`` ``(N,)``
+    is set back to ``initial`` (batched like ``carry``, or one env's carry): where an episode
+    starts, the agent's memory starts afresh (the rollout, and a recurrent learner's replay)."""
+
+    def select(i: jax.Array, c: jax.Array) -> jax.Array:
+        return jnp.where(first.reshape(first.shape + (1,) * (c.ndim - first.ndim)), i, c)
+
+    return jax.tree.map(select, initial, carry)
 
 
 def nan_like(shapes: Any) -> Any:

@@ -8,7 +8,8 @@ network's params with all those random matrices drawn in one call, ensembles inc
 Top to bottom: init machinery (:class:`Orthogonal`, :func:`orthogonal`, :func:`dense`,
 :func:`init`, :func:`ensemble`, :class:`NoisyDense`), the torso (:class:`MLP`, with
 :func:`obs_features`: convolutions for image observations, the config's ``conv``), then heads:
-on-policy :class:`ActorCritic`, DQN's
+on-policy :class:`ActorCritic` and its recurrent variant :class:`RecurrentActorCritic` (GRU or
+LSTM core, :func:`unroll` over sequences), DQN's
 :class:`QNetwork` (scalar or distributional, via :func:`action_head`) and IQN's
 :class:`ImplicitQuantileNetwork` (:class:`CosineEmbedding`, :func:`distort`), and the off-policy actor-critic family's critics (:class:`QCritic`,
 :class:`QCriticEnsemble`, :class:`DiscreteCriticEnsemble`) and actors
@@ -29,6 +30,7 @@ import numpy as np
 from flax import struct
 
 from jaxrl.config import ACTIVATIONS
+from jaxrl.core import fresh_carry
 
 ACTIVATION_FNS = {name: getattr(nn, name) for name in ACTIVATIONS}
 
@@ -349,6 +351,101 @@ class ActorCritic(nn.Module):
 
     def value(self, obs: jax.Array) -> jax.Array:
         return self.critic_out(self.critic(obs))[..., 0]
+
+
+RNN_CELLS = ("gru", "lstm")  # the recurrent cells of RecurrentActorCritic
+
+
+class RecurrentActorCritic(nn.Module):
+    """An actor-critic with memory: a dense embedding (an MLP of ``hidden``), a recurrent cell
+    (``cell``: flax's GRU or LSTM, ``rnn_size`` units) shared by actor and critic, then
+    separate actor and critic MLPs (``hidden``) with :class:`ActorCritic`'s heads.
+
+    The cell's carry is the agent's memory of one env: zeros where an episode starts
+    (:meth:`initial_carry`); a GRU's is an ``(rnn_size,)`` array, an LSTM's a ``(c, h)`` pair.
+    One step (``__call__``; :meth:`policy_step` without the critic, for acting) takes a batch
+    ``carry (N, ...)`` and ``obs (N, *obs_shape)`` and returns ``(carry, policy, value)``; :func:`unroll` replays whole
+    sequences ``(T, N, ...)`` with the carry reset where an episode starts (for learning).
+    The methods :meth:`embed`, :meth:`step`, :meth:`policy` and :meth:`value` are the pieces,
+    so a sequence embeds all its observations in one batch and scans only the cell.
+    """
+
+    action_dim: int
+    discrete: bool
+    hidden: Sequence[int]
+    activation: str = "tanh"
+    obs_shape: tuple[int, ...] = ()
+    cell: str = "gru"
+    rnn_size: int = 128
+    conv: Convs = ()  # the embedding's convolutions (image observations)
+
+    def __post_init__(self) -> None:
+        if self.cell not in RNN_CELLS:
+            raise ValueError(f"cell must be one of {', '.join(RNN_CELLS)}, got {self.cell!r}")
+        _check_positive("rnn_size", self.rnn_size)
+        super().__post_init__()
+
+    def setup(self) -> None:
+        self.embedding = MLP(self.hidden, self.activation, self.obs_shape, conv=self.conv)
+        self.core = (nn.GRUCell if self.cell == "gru" else nn.OptimizedLSTMCell)(self.rnn_size)
+        self.actor = MLP(self.hidden, self.activation, (self.rnn_size,))
+        self.actor_out = dense(self.action_dim, 0.01)
+        self.critic = MLP(self.hidden, self.activation, (self.rnn_size,))
+        self.critic_out = dense(1, 1.0)
+        if not self.discrete:
+            self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+
+    def initial_carry(self) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """The carry of one env at an episode's start: zeros (the module needs no params for it)."""
+        zeros = jnp.zeros((self.rnn_size,), jnp.float32)
+        return zeros if self.cell == "gru" else (zeros, zeros)
+
+    def __call__(self, carry, obs: jax.Array):
+        """One step of a batch of envs: ``(carry, policy, value)``."""
+        carry, features = self.step(carry, self.embed(obs))
+        return carry, self.policy(features), self.value(features)
+
+    def policy_step(self, carry, obs: jax.Array):
+        """One step of acting, the actor alone: ``(carry, policy)``."""
+        carry, features = self.step(carry, self.embed(obs))
+        return carry, self.policy(features)
+
+    def embed(self, obs: jax.Array) -> jax.Array:
+        """The cell's inputs for observations with any leading axes."""
+        return self.embedding(obs)
+
+    def step(self, carry, inputs: jax.Array):
+        """One cell step: ``(new carry, features (..., rnn_size))`` (any leading axes)."""
+        return self.core(carry, inputs)
+
+    def policy(self, features: jax.Array) -> distrax.Distribution:
+        out = self.actor_out(self.actor(features))
+        if self.discrete:
+            return distrax.Categorical(logits=out)
+        return distrax.MultivariateNormalDiag(out, jnp.exp(self.log_std))
+
+    def value(self, features: jax.Array) -> jax.Array:
+        return self.critic_out(self.critic(features))[..., 0]
+
+
+def unroll(network: RecurrentActorCritic, params: dict, carry, obs: jax.Array, first: jax.Array):
+    """Replays sequences through ``network``'s cell: from ``carry (N, ...)`` over time-major
+    ``obs (T, N, *obs_shape)``, the carry set back to :meth:`RecurrentActorCritic.initial_carry`
+    wherever ``first (T, N)`` marks an episode's start. Returns ``(carries, features)``: the
+    carry after each step (``(T, N, ...)`` leaves) and the features ``(T, N, rnn_size)`` the
+    heads take (``network.apply(params, features, method="policy")``, ``"value"``).
+    """
+    inputs = network.apply(params, obs, method=RecurrentActorCritic.embed)  # all steps in one batch
+    initial = network.initial_carry()
+
+    def step(carry, step_inputs):
+        x, first_t = step_inputs
+        carry, features = network.apply(params, fresh_carry(first_t, initial, carry), x,
+                                        method=RecurrentActorCritic.step)
+        return carry, (carry, features)
+
+    _, (carries, features) = jax.lax.scan(step, carry, (inputs, first))
+    return carries, features
 
 
 class _ActionValues(nn.Module):

@@ -7,7 +7,8 @@ rollout of a small network is bound by per-kernel overhead.
 
 Each env carries a memory of the agent's (``carry``: a recurrent state, per-env noise; ``()``
 for feed-forward agents). Where an episode starts (``first``) it is replaced by the fresh
-``initial_carry`` before the agent acts.
+``initial_carry`` before the agent acts. The carry each env started the rollout from is
+recorded once (``Transition.carry``, ``(N, ...)``) so a recurrent learner can replay it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import struct
 
 from jaxrl import envs
-from jaxrl.core import Transition
+from jaxrl.core import Transition, fresh_carry
 
 
 class Episodes(struct.PyTreeNode):
@@ -44,15 +44,6 @@ class EnvSide(struct.PyTreeNode):
 Act = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any, dict[str, jax.Array]]]
 
 
-def fresh_carry(first: jax.Array, initial: Any, carry: Any) -> Any:
-    """``carry`` with the envs where ``first`` is set back to ``initial`` (both batched)."""
-
-    def select(a: jax.Array, b: jax.Array) -> jax.Array:
-        return jnp.where(first.reshape(first.shape + (1,) * (a.ndim - first.ndim)), a, b)
-
-    return jax.tree.map(select, initial, carry)
-
-
 def make_rollout(env: envs.Environment, num_envs: int, num_steps: int) -> Callable[..., Any]:
     """Build ``rollout(side, initial_carry, act, key, env_params) -> (side, Transition, Episodes)``.
 
@@ -72,7 +63,9 @@ def make_rollout(env: envs.Environment, num_envs: int, num_steps: int) -> Callab
             return EnvSide(env_state, next_obs, term | trunc, carry), (transition, episodes)
 
         keys = jax.random.split(key, (num_steps, 1 + num_envs))
+        side = side.replace(carry=fresh_carry(side.first, initial_carry, side.carry))
+        start = side.carry
         side, (traj, episodes) = jax.lax.scan(step, side, keys)
-        return side, traj, episodes
+        return side, traj.replace(carry=start), episodes
 
     return rollout

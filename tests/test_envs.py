@@ -531,3 +531,61 @@ def test_env_param_of_the_wrong_kind_is_refused_when_the_env_is_made(name, value
     with pytest.raises(ValueError, match=f"CartPole-v1: {name}=.* must be {kind}"):
         envs.make("CartPole-v1", **{name: value})
     envs.make("CartPole-v1", max_steps_in_episode=200, gravity=9)  # an int where a float is expected is fine
+
+
+# --------------------------------------------------------------------------- partial observability
+
+
+def test_mask_observation_keeps_the_chosen_entries_of_any_env():
+    full, params = make("CartPole-v1")
+    masked, masked_params = make("CartPole-v1-masked")  # positions x and theta; velocities hidden
+    assert masked_params == params and isinstance(masked, envs.MaskObservation)
+    space, full_space = masked.observation_space(params), full.observation_space(params)
+    assert space.shape == (2,)
+    np.testing.assert_array_equal(space.low, full_space.low[[0, 2]])
+    np.testing.assert_array_equal(space.high, full_space.high[[0, 2]])
+    key = jax.random.key(0)
+    # same keys, same dynamics: the masked env's observations are entries 0 and 2 of the full ones,
+    # final_obs included (a 10-step limit and random actions end episodes inside the rollout)
+    first_full, (obs_full, _, term, trunc, info_full) = rollout(
+        wrap_for_training(make("CartPole-v1", max_steps_in_episode=10)[0]), params.replace(max_steps_in_episode=10),
+        key, num_envs=3, num_steps=30)
+    first, (obs, _, term_m, trunc_m, info) = rollout(
+        wrap_for_training(make("CartPole-v1-masked", max_steps_in_episode=10)[0]),
+        params.replace(max_steps_in_episode=10), key, num_envs=3, num_steps=30)
+    assert np.asarray(term | trunc).any()
+    np.testing.assert_array_equal(term, term_m)
+    np.testing.assert_array_equal(first, first_full[..., [0, 2]])
+    np.testing.assert_array_equal(obs, obs_full[..., [0, 2]])
+    np.testing.assert_array_equal(info["final_obs"], info_full["final_obs"][..., [0, 2]])
+    # every env takes obs_mask (its indices in the given order), e.g. Acrobot's 6 entries
+    acrobot, acrobot_params = make("Acrobot-v1", obs_mask=[5, 0])
+    obs_a, _ = acrobot.reset(key, acrobot_params)
+    obs_b, _ = make("Acrobot-v1")[0].reset(key, acrobot_params)
+    np.testing.assert_array_equal(obs_a, obs_b[jnp.array([5, 0])])
+    assert acrobot.observation_space(acrobot_params).shape == (2,)
+
+
+@pytest.mark.parametrize("mask, message", [
+    ([], "non-empty list"), ([0.5], "integers"), ([True], "integers"), ("02", "non-empty list"),
+    ([4], r"distinct indices in \[0, 4\)"), ([1, 1], "distinct"), ([-1], r"\[0, 4\)"),
+])
+def test_bad_obs_mask_is_refused_when_the_env_is_made(mask, message):
+    with pytest.raises(ValueError, match=message):
+        make("CartPole-v1", obs_mask=mask)
+
+
+def test_memory_chain_by_name_with_its_memory_length():
+    """bsuite's MemoryChain (one context bit): the context shows in the first observations only,
+    the query step's observation does not show it, and the reward (+1 or -1) comes at the end of
+    an episode of memory_length + 1 steps."""
+    env, params = make("MemoryChain-bsuite", memory_length=8)
+    assert params.memory_length == 8 and env.action_space(params).n == 2
+    first, (obs, reward, terminated, truncated, _) = rollout(
+        wrap_for_training(env), params, jax.random.key(0), num_envs=4, num_steps=18)
+    terminated = np.asarray(terminated)
+    assert terminated[8].all() and terminated[17].all() and terminated.sum() == 8  # every 9 steps
+    reward = np.asarray(reward)
+    assert set(np.unique(reward[[8, 17]])) <= {-1.0, 1.0} and (np.delete(reward, [8, 17], axis=0) == 0).all()
+    context = np.asarray(first)[:, 2]  # +-1 at the start, 0 at the query step
+    assert (np.abs(context) == 1).all() and (np.asarray(obs)[7, :, 2] == 0).all()

@@ -24,6 +24,10 @@ SLOW = pytest.mark.slow
 DQN_SHORT = {"total_steps": 50_000, "learning_starts": 1_000, "eps_fraction": 0.2, "lr": 1e-3,
              "updates_per_iteration": 2}
 DQN_SHORT_THRESHOLD = 120.0
+# MemoryChain pays +1 for recalling the context bit at the query step, -1 for the wrong action (random
+# play and any policy without memory: 0); ppo_gru_memory_chain measured 0.996 over 4 seeds (1.0 / 0.984 /
+# 1.0 / 1.0), its deterministic evaluations 1.0
+MEMORY_CHAIN_THRESHOLD = 0.9
 
 
 @pytest.mark.timeout(1800)
@@ -77,3 +81,33 @@ def test_learns(name, overrides, seeds, episodes, threshold):
     assert np.nanmean(final) >= threshold, f"{name}: final returns {final}"
     assert out.metrics["env_steps"][0, -1] <= config.total_steps
     assert (out.state.diverged_at == -1).all()
+
+
+@SLOW
+@pytest.mark.timeout(3600)
+def test_recurrent_ppo_learns_masked_cartpole_where_feed_forward_ppo_cannot():
+    """CartPole-v1 with the velocities hidden (CartPole-v1-masked): recurrent PPO reaches 400 over
+    4 seeds, while feed-forward PPO with its tuned CartPole settings stays below 200 (both
+    measured here, on the same env; with the CLI: 496.6 and 50.1)."""
+    recurrent = jaxrl.load_config("ppo_gru_cartpole_masked")
+    feed_forward = jaxrl.load_config("ppo_cartpole", env="CartPole-v1-masked")
+    finals = {}
+    for name, config in (("recurrent", recurrent), ("feed-forward", feed_forward)):
+        _, out = run(config, seeds=4)
+        finals[name] = final_return(out.metrics, 100)
+        assert (out.state.diverged_at == -1).all()
+    assert np.mean(finals["recurrent"]) >= 400.0, finals
+    assert np.mean(finals["feed-forward"]) < 200.0, finals
+
+
+@SLOW
+@pytest.mark.timeout(3600)
+def test_recurrent_ppo_learns_memory_chain():
+    """bsuite's MemoryChain (memory_length 16): the context bit is seen at an episode's start
+    only and must be recalled at its end (reward +1 or -1, random play 0). The final
+    deterministic evaluation (in the loop, with the carry) recalls it for every seed."""
+    config = jaxrl.load_config("ppo_gru_memory_chain")
+    _, out = run(config, seeds=4)
+    final = final_return(out.metrics, 100)
+    assert np.mean(final) >= MEMORY_CHAIN_THRESHOLD, final
+    assert (np.asarray(out.metrics["eval_return"])[:, -1] >= MEMORY_CHAIN_THRESHOLD).all()

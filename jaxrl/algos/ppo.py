@@ -29,6 +29,17 @@ corrected from the acting parameters' log-probabilities to the learner's. With `
 and one epoch of one minibatch this is IMPALA's actor-critic update. (``advantage: gae`` with a
 lag learns as if the rollout were on-policy: the uncorrected baseline.)
 
+``recurrent: gru`` or ``lstm`` gives the policy memory (:class:`jaxrl.networks.RecurrentActorCritic`:
+a dense embedding, a GRU/LSTM cell of ``rnn_size`` units, actor and critic heads). The cell's
+state is each env's carry in the loop (zeros where an episode starts); the rollout records
+the carry it started from (``Transition.carry``), and ``learn`` trains on sequences: minibatches
+are whole env streams in time order (``num_minibatches`` splits the envs), replayed from that
+carry with the resets at ``Transition.first``, so before the first update the replay gives the
+acting policy's log-probabilities exactly. (PPO-EWMA's proximal policy is replayed from the same
+start carry, the behaviour policy's.) With ``actor_lag`` the recorded carries are the acting
+(lagged) policy's: its log-probabilities are replayed exactly, the learner's from the same
+stored carries (as IMPALA's and R2D2's learners start from the actor's stored state).
+
 Acting runs the actor alone: the rollout's values and log-probabilities are computed at the
 start of ``learn``, batched over the whole rollout (the parameters have not changed since the
 rollout, so they are the same numbers, at a fraction of the per-step cost: +2-5% env steps/s).
@@ -40,7 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Callable
+from typing import Any, Callable
 
 import distrax
 import jax
@@ -50,7 +61,7 @@ from flax import struct
 from jaxrl import batching, losses, networks, returns
 from jaxrl import config as cfg
 from jaxrl.core import Context, Spec, Transition
-from jaxrl.networks import ActorCritic
+from jaxrl.networks import ActorCritic, RecurrentActorCritic
 from jaxrl.optim import Optimizer
 
 
@@ -76,6 +87,8 @@ class Config(cfg.Config):
     drift: str = "dpo"  # dpo: "dpo" (the closed form) or the import path of fn(ratio, advantage, ctx) -> drift
     ewma_decay: float = 0.0  # PPO-EWMA's decay of the proximal policy's average (0: off, no proximal policy)
     baseline: bool = True  # advantages are returns minus the critic's values; false: the returns (REINFORCE)
+    recurrent: str = "none"  # one of RECURRENT: a GRU or LSTM cell between embedding and heads
+    rnn_size: int = 128  # recurrent: the cell's units
     actor_lag: int = 0  # IMPALA: act with the parameters of this many updates ago (0: the learner's own)
     advantage: str = "gae"  # one of ADVANTAGES: how advantages and value targets are estimated
     rho_bar: float = cfg.traced(1.0)  # vtrace: clip of the importance weights (targets and policy gradient)
@@ -105,6 +118,16 @@ class Config(cfg.Config):
         cfg.require(self.drift == "dpo" or self.objective == "dpo",
                     f"drift={self.drift!r} is used only by objective 'dpo', not {self.objective!r}")
         drift_function(self.drift)  # a ConfigError unless it names a function
+        cfg.require_one_of("recurrent", self.recurrent, RECURRENT)
+        cfg.require(self.rnn_size >= 1, f"rnn_size must be >= 1, got {self.rnn_size}")
+        if self.recurrent == "none":
+            cfg.require(self.rnn_size == 128, f"rnn_size={self.rnn_size} is used only by a recurrent policy "
+                                              f"(recurrent: gru or lstm), not recurrent: none")
+        else:
+            cfg.require(self.num_envs % self.num_minibatches == 0,
+                        f"recurrent: minibatches are whole env streams, but num_envs = {self.num_envs} does not "
+                        f"divide into num_minibatches = {self.num_minibatches}")
+
         cfg.require(self.actor_lag >= 0, f"actor_lag must be >= 0 (updates the acting policy lags), got {self.actor_lag}")
         cfg.require_one_of("advantage", self.advantage, ADVANTAGES)
         cfg.require(self.rho_bar > 0, f"rho_bar must be > 0, got {self.rho_bar}")
@@ -116,6 +139,7 @@ class Config(cfg.Config):
 
 OBJECTIVES = ("clip", "kl", "spo", "mdpo", "dpo", "pg")
 ADVANTAGES = ("gae", "vtrace")  # GAE (on-policy) or V-trace (off-policy corrected, IMPALA)
+RECURRENT = ("none",) + networks.RNN_CELLS
 
 
 def drift_function(name: str) -> Callable | None:
@@ -140,6 +164,10 @@ def check(config: Config, spec: Spec, devices: int) -> None:
         raise cfg.ConfigError(
             f"each of {devices} devices learns on num_envs * num_steps / {devices} = {local} transitions, "
             f"which do not divide into num_minibatches = {config.num_minibatches}")
+    if is_recurrent(config) and (config.num_envs // devices) % config.num_minibatches:
+        raise cfg.ConfigError(
+            f"recurrent: each of {devices} devices splits its num_envs / {devices} = {config.num_envs // devices} "
+            f"env streams into minibatches, which do not divide into num_minibatches = {config.num_minibatches}")
 
 
 class State(struct.PyTreeNode):
@@ -151,9 +179,23 @@ class State(struct.PyTreeNode):
     lagged: dict | None = None  # actor_lag k: the params before each of the last k updates, oldest first
 
 
-def network(ctx: Context) -> ActorCritic:
+def is_recurrent(config: cfg.Config) -> bool:
+    """Whether ``config`` asks for a recurrent policy (``recurrent: gru | lstm``). False for the
+    configs of algorithms that use this module's network without the option (TRPO's)."""
+    return getattr(config, "recurrent", "none") != "none"
+
+
+def network(ctx: Context) -> ActorCritic | RecurrentActorCritic:
     c, s = ctx.config, ctx.spec
+    if is_recurrent(c):
+        return RecurrentActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape,
+                                    c.recurrent, c.rnn_size, conv=c.conv)
     return ActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape, c.conv)
+
+
+def init_carry(ctx: Context) -> Any:
+    """One env's memory at an episode's start: the recurrent cell's zeros, or ``()``."""
+    return network(ctx).initial_carry() if is_recurrent(ctx.config) else ()
 
 
 def optimizer(ctx: Context) -> Optimizer:
@@ -162,7 +204,10 @@ def optimizer(ctx: Context) -> Optimizer:
 
 def init_params(ctx: Context, key: jax.Array) -> dict:
     """Fresh parameters of :func:`network`."""
-    return networks.init(network(ctx), key, jnp.zeros((1, *ctx.spec.obs_shape)))
+    obs = jnp.zeros((1, *ctx.spec.obs_shape))
+    if not is_recurrent(ctx.config):
+        return networks.init(network(ctx), key, obs)
+    return networks.init(network(ctx), key, jax.tree.map(lambda x: x[None], init_carry(ctx)), obs)
 
 
 def init(ctx: Context, key: jax.Array) -> State:
@@ -181,15 +226,23 @@ def acting_params(agent: State) -> dict:
     return agent.params if agent.lagged is None else jax.tree.map(lambda x: x[0], agent.lagged)
 
 
-def act(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, tuple, dict]:
-    pi = network(ctx).apply(acting_params(agent), obs, method=ActorCritic.policy)
+def step_policy(ctx: Context, params: dict, carry: Any, obs: jax.Array) -> tuple[Any, distrax.Distribution]:
+    """The policy at one step of a batch of envs (the actor alone), and their carry after it
+    (a recurrent cell's next state; unchanged ``()`` for a feed-forward policy)."""
+    if not is_recurrent(ctx.config):
+        return carry, network(ctx).apply(params, obs, method=ActorCritic.policy)
+    return network(ctx).apply(params, carry, obs, method=RecurrentActorCritic.policy_step)
+
+
+def act(ctx: Context, agent: State, carry: Any, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, Any, dict]:
+    carry, pi = step_policy(ctx, acting_params(agent), carry, obs)
     return pi.sample(seed=key), carry, {}
 
 
-def policy(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array,
-           deterministic: bool) -> tuple[jax.Array, tuple]:
+def policy(ctx: Context, agent: State, carry: Any, obs: jax.Array, key: jax.Array,
+           deterministic: bool) -> tuple[jax.Array, Any]:
     """Actions for evaluation: the mode (discrete) or mean (continuous) when deterministic."""
-    pi = network(ctx).apply(agent.params, obs, method=ActorCritic.policy)
+    carry, pi = step_policy(ctx, agent.params, carry, obs)
     return (pi.mode() if deterministic else pi.sample(seed=key)), carry
 
 
@@ -197,6 +250,39 @@ def normalized(ctx: Context, x: jax.Array) -> jax.Array:
     """``x`` shifted and scaled to mean 0 and standard deviation 1 over every device's items."""
     mean = ctx.mean(x)
     return (x - mean) / (jnp.sqrt(ctx.mean(jnp.square(x - mean))) + 1e-8)
+
+
+def forward(ctx: Context, params: dict, data: dict,
+            critic: bool = True) -> tuple[distrax.Distribution, jax.Array | None]:
+    """The policy and (with ``critic``) the value at each of ``data["obs"]``. A recurrent
+    network replays ``data``'s sequences (time-major ``(T, N, ...)``) from the carry
+    ``data["carry"]`` (leaves ``(1, N, ...)``), reset where ``data["first"]`` is set."""
+    net = network(ctx)
+    if not is_recurrent(ctx.config):
+        if not critic:
+            return net.apply(params, data["obs"], method=ActorCritic.policy), None
+        return net.apply(params, data["obs"])
+    carry = jax.tree.map(lambda x: x[0], data["carry"])
+    _, features = networks.unroll(net, params, carry, data["obs"], data["first"])
+    pi = net.apply(params, features, method=RecurrentActorCritic.policy)
+    return pi, (net.apply(params, features, method=RecurrentActorCritic.value) if critic else None)
+
+
+def rollout_outputs(ctx: Context, params: dict, traj: Transition, obs: jax.Array,
+                    next_obs: jax.Array) -> tuple[distrax.Distribution, jax.Array, jax.Array]:
+    """The policy and values at the rollout's (normalised) ``obs``, as the acting policy saw
+    them, and the values of its ``next_obs`` (for bootstrapping). A recurrent network replays
+    the rollout from the carry it started with; each next observation's value comes from the
+    carry its step left, so a truncated episode bootstraps with the episode's memory."""
+    net = network(ctx)
+    if not is_recurrent(ctx.config):
+        pi, values = net.apply(params, obs)
+        return pi, values, net.apply(params, next_obs, method=ActorCritic.value)
+    carries, features = networks.unroll(net, params, traj.carry, obs, traj.first)
+    _, next_features = net.apply(params, carries, net.apply(params, next_obs, method=RecurrentActorCritic.embed),
+                                 method=RecurrentActorCritic.step)
+    value = lambda f: net.apply(params, f, method=RecurrentActorCritic.value)  # noqa: E731
+    return net.apply(params, features, method=RecurrentActorCritic.policy), value(features), value(next_features)
 
 
 def objective_loss(ctx: Context, ratio: jax.Array, adv: jax.Array, pi: distrax.Distribution,
@@ -227,12 +313,12 @@ def loss(ctx: Context, params: dict, mb: dict, reference: dict | None = None,
     around, when it is not enough to know the rollout's log-probabilities: the behaviour policy's
     for the KL objectives, the proximal policy's for PPO-EWMA (None otherwise)."""
     c, hp = ctx.config, ctx.hp
-    pi, value = network(ctx).apply(params, mb["obs"])
+    pi, value = forward(ctx, params, mb)
     log_prob = pi.log_prob(mb["action"])
     adv = normalized(ctx, mb["advantage"]) if c.normalize_advantages else mb["advantage"]
     ref_pi, ref_log_prob = None, mb["log_prob"]
     if reference is not None:
-        ref_pi = network(ctx).apply(reference, mb["obs"], method=ActorCritic.policy)
+        ref_pi, _ = forward(ctx, reference, mb, critic=False)
         ref_log_prob = ref_pi.log_prob(mb["action"])
     if c.ewma_decay:  # importance weights behaviour -> proximal on the advantages
         adv = adv * jnp.exp(ref_log_prob - mb["log_prob"])
@@ -264,10 +350,12 @@ def ewma(ctx: Context, agent: State) -> State:
 
 def rollout_data(ctx: Context, params: dict, traj: Transition, advantage: str = "gae",
                  behaviour: dict | None = None) -> dict:
-    """The rollout as the learner sees it, this device's transitions flattened to ``(T * N,
-    ...)``: normalised observations, actions, the log-probabilities and values of ``params``
-    (the learner's), advantages and value targets (with the ``gamma`` and ``gae_lambda``
-    hyperparameters).
+    """The rollout as the learner sees it: normalised observations, actions, the
+    log-probabilities and values of ``params`` (the learner's), advantages and value targets
+    (with the ``gamma`` and ``gae_lambda`` hyperparameters). A feed-forward network's are this
+    device's transitions flattened to ``(T * N, ...)``; a recurrent network's stay time-major
+    sequences ``(T, N, ...)`` with ``first`` and the start ``carry`` (leaves ``(1, N, ...)``),
+    replayed from that carry (:func:`forward`), to be split into minibatches of whole env streams.
 
     ``advantage="gae"``: GAE, bootstrapping truncated episodes from the final observation's
     value. ``"vtrace"``: V-trace (clips ``rho_bar`` and ``c_bar``) for a rollout played by the
@@ -275,12 +363,12 @@ def rollout_data(ctx: Context, params: dict, traj: Transition, advantage: str = 
     """
     hp = ctx.hp
     obs, next_obs = ctx.normalize(traj.obs), ctx.normalize(traj.next_obs)
-    pi, values = network(ctx).apply(params, obs)
+    pi, values, next_values = rollout_outputs(ctx, params, traj, obs, next_obs)
     log_prob = pi.log_prob(traj.action)
-    next_values = network(ctx).apply(params, next_obs, method=ActorCritic.value)
+    sequences = {"obs": obs, "first": traj.first, "carry": jax.tree.map(lambda x: x[None], traj.carry)}
     if advantage == "vtrace":
         behaviour_log_prob = log_prob if behaviour is None else (
-            network(ctx).apply(behaviour, obs, method=ActorCritic.policy).log_prob(traj.action))
+            forward(ctx, behaviour, sequences, critic=False)[0].log_prob(traj.action))
         target, adv = returns.vtrace(traj.reward, values, next_values, traj.terminated, traj.truncated,
                                      log_prob - behaviour_log_prob, hp["gamma"], hp["gae_lambda"],
                                      hp["rho_bar"], hp["c_bar"], hp["rho_bar"])
@@ -289,6 +377,8 @@ def rollout_data(ctx: Context, params: dict, traj: Transition, advantage: str = 
                                   traj.terminated, traj.truncated, hp["gamma"], hp["gae_lambda"])
     data = {"obs": obs, "action": traj.action, "log_prob": log_prob, "value": values, "advantage": adv,
             "target": target}
+    if is_recurrent(ctx.config):
+        return data | sequences
     return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data)
 
 
@@ -318,9 +408,10 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
         agent = agent.replace(params=params, opt_state=opt_state)
         return (ewma(ctx, agent) if c.ewma_decay else agent), metrics
 
-    agent, metrics = batching.epochs(minibatch_step, agent, data, key, c.update_epochs, c.num_minibatches)
+    agent, metrics = batching.epochs(minibatch_step, agent, data, key, c.update_epochs, c.num_minibatches,
+                                     is_recurrent(c))  # recurrent: minibatches of whole env streams
     if c.objective == "kl":  # adapt the coefficient to this update's KL[old, new]
-        old_pi, new_pi = (network(ctx).apply(p, data["obs"], method=ActorCritic.policy) for p in (before, agent.params))
+        old_pi, new_pi = (forward(ctx, p, data, critic=False)[0] for p in (before, agent.params))
         kl = ctx.mean(old_pi.kl_divergence(new_pi))
         metrics = {**metrics, "kl_coef": agent.kl_coef, "update_kl": kl}
         agent = agent.replace(kl_coef=losses.adapt_kl_coef(agent.kl_coef, kl, hp["kl_target"]))
