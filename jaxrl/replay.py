@@ -21,12 +21,33 @@ new priorities after a gradient step.
 
 The draw descends a sum tree per env (stratified: one draw from each of ``batch_size`` equal
 slices of the total, the env first by its tree's total), ``O(batch log capacity)``; a min tree
-beside it gives the least likely item for the weights' normalisation. Measured on one CPU core
-(batch 128, draw + weights + update, inside a scan): 1e4 steps xx us, 1e5 xx us, where an inverse
-CDF over the cumulative sum of all ``p^alpha`` took 0.64 and >4 ms. The trees hold ``p^alpha``,
-so ``alpha`` is the one in effect when each priority was written (a sweep over ``alpha`` is
-exact; a run whose ``alpha`` changes midway, as under PBT, keeps older priorities' exponent
-until they are rewritten).
+beside it gives the least likely item for the weights' normalisation. Measured against the
+alternatives on one shared CPU core (10 envs; one step = draw, importance weights, take the data
+and write the new priorities, in a ``lax.scan`` of 200 steps; us per step, median of 3 runs of 9
+interleaved repeats):
+
+=====  =====  ===========  ===================  ========
+items  batch  these trees  cumsum+searchsorted  flashbax
+=====  =====  ===========  ===================  ========
+1e4    64     16           124                  27
+1e4    128    22           117                  40
+1e4    256    61           142                  73
+1e5    64     27           954                  23
+1e5    128    54           951                  53
+1e5    256    80           963                  83
+=====  =====  ===========  ===================  ========
+
+The plain inverse CDF (a cumulative sum of every ``p^alpha``, then ``searchsorted``) is
+``O(items)`` per draw. flashbax 0.1.3's prioritised trajectory buffer (one sum tree over every
+item; it has no min tree, so its weights were normalised by the batch's largest) is as fast at
+1e5 and slower at 1e4. All three draw items with the frequencies ``p^alpha / sum p^alpha``
+(102,400 draws over 48 items: chi-square per degree of freedom 0.06, 0.06 and 0.09, below 1
+because the draws are stratified; a uniform draw 695). Same speed, one dependency fewer, and
+the per-env layout keeps n-step windows and the data-parallel split of the data: these trees.
+
+The trees hold ``p^alpha``, so ``alpha`` is the one in effect when each priority was written (a
+sweep over ``alpha`` is exact; a run whose ``alpha`` changes midway, as under PBT, keeps older
+priorities' exponent until they are rewritten).
 """
 
 from __future__ import annotations
