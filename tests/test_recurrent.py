@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import jaxrl
-from jaxrl import loop, networks
+from jaxrl import envs, loop, networks
 from jaxrl.algos import ppo
 from jaxrl.checkpoint import Checkpointer
 from jaxrl.config import ConfigError
@@ -208,7 +208,8 @@ MEMORY_PROBE = dict(env="MemoryChain-bsuite", env_kwargs={"memory_length": 4}, r
 
 
 def test_memory_probe_seeds_and_resume(tmp_path):
-    """Seeds 0 and 1 vmapped through one compiled chunk of two iterations, 32 times:
+    """Seeds 0 and 1 vmapped through one compiled chunk of two iterations, 32 times (from
+    their initial states, made one seed at a time):
 
     - after the first chunk, seed 1 equals its run alone (the single-seed chunk);
     - a checkpoint after 16 chunks (the hidden states are in the env side of the state) restores
@@ -216,12 +217,14 @@ def test_memory_probe_seeds_and_resume(tmp_path):
       every algorithm, is tested in test_checkpoint.py: here each program compiles once);
     - both seeds solve the memory probe: the final deterministic evaluation in the loop, which
       carries the memory through each episode, recalls the context in all 32 episodes (where
-      in measurements both learned it in ~30 of the 64 iterations)."""
+      in measurements both learned it in ~30 of the 64 iterations), and the values along an
+      episode are the optimal ``gamma ** steps_to_the_reward`` (the probe's value check)."""
     config = _config(**MEMORY_PROBE)
     train = jaxrl.make_train(config)
     options = jaxrl.compiler_options()
-    keys = jaxrl.seed_keys(config.seed, 2)
-    state = jax.jit(jax.vmap(train.init), compiler_options=options)(keys)
+    init = jax.jit(train.init, compiler_options=options)  # per seed (one program less to compile)
+    starts = [init(key) for key in jaxrl.seed_keys(config.seed, 2)]
+    state = jax.tree.map(lambda *seeds: jnp.stack(seeds), *starts)
     chunk = functools.partial(train.run_chunk, length=2)
     vmapped = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, None)), compiler_options=options)
 
@@ -232,9 +235,7 @@ def test_memory_probe_seeds_and_resume(tmp_path):
 
     first, first_metrics = chunks(state, 0, 2)
     assert [x.shape for x in jax.tree.leaves(first.env.carry)] == [(2, config.num_envs, config.rnn_size)] * 2
-    single = jax.jit(chunk, compiler_options=options)
-    one = jax.jit(train.init, compiler_options=options)(jax.random.key(config.seed + 1))
-    one, one_metrics = single(one, None, jnp.int32(0), None)
+    one, one_metrics = jax.jit(chunk, compiler_options=options)(starts[1], None, jnp.int32(0), None)
     for x, y in zip(jax.tree.leaves(first.agent.params), jax.tree.leaves(one.agent.params)):
         np.testing.assert_allclose(np.asarray(x)[1], np.asarray(y), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(first_metrics["loss"])[1], np.asarray(one_metrics["loss"]), rtol=1e-4,
@@ -249,6 +250,34 @@ def test_memory_probe_seeds_and_resume(tmp_path):
     for x, y in zip(_raw(full), _raw(resumed)):
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(np.asarray(metrics["eval_return"])[:, -1], [1.0, 1.0])
+    values, actions, contexts = _memory_episodes(context(train), full.agent.params)
+    steps_left = config.env_kwargs["memory_length"] - np.arange(values.shape[1])  # to the rewarded step
+    np.testing.assert_allclose(values, np.broadcast_to((config.gamma ** steps_left)[:, None], values.shape[1:])
+                               [None].repeat(2, 0), atol=0.1)
+    np.testing.assert_array_equal(actions[:, -1], np.broadcast_to(contexts > 0, (2, len(contexts))))  # recalled
+
+
+def _memory_episodes(ctx, params, episodes: int = 16):
+    """Whole MemoryChain episodes played greedily from a fresh carry by each seed's ``params``
+    (leading seed axis): the values and actions ``(seeds, steps, episodes)`` at each step, and
+    each episode's context (+-1; the same episodes for every seed)."""
+    env, env_params = envs.make(ctx.config.env, **ctx.config.env_kwargs)
+    net = ppo.network(ctx)
+
+    @functools.partial(jax.jit, compiler_options=jaxrl.compiler_options())
+    def play(params):
+        keys = jax.random.split(jax.random.key(9), episodes)
+        obs, state = jax.vmap(env.reset, in_axes=(0, None))(keys, env_params)
+        contexts, carry, values, actions = obs[:, 2], _broadcast(ppo.init_carry(ctx), episodes), [], []
+        for _ in range(ctx.config.env_kwargs["memory_length"] + 1):
+            carry, pi, value = net.apply(params, carry, obs)
+            values.append(value)
+            actions.append(pi.mode())
+            obs, state, *_ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(keys, state, actions[-1], env_params)
+        return jnp.stack(values), jnp.stack(actions), contexts
+
+    values, actions, contexts = jax.vmap(play)(params)
+    return np.asarray(values), np.asarray(actions), np.asarray(contexts[0])
 
 
 # the probes: PPO's probe settings (tests/test_probes.py) with a small GRU
@@ -256,9 +285,12 @@ PROBE = dict(env="probe/constant", recurrent="gru", rnn_size=16, hidden=[16], to
              num_steps=8, num_minibatches=4, update_epochs=4, lr=3e-3, gamma=0.9, ent_coef=0.0, anneal_lr=False)
 
 
+@pytest.mark.slow
 def test_recurrent_ppo_solves_every_probe():
     """Values and greedy actions from a fresh carry at each probe's observations (probe/discount's
-    second observation after its first: the values of one episode replayed) are the optimal ones."""
+    second observation after its first: the values of one episode replayed) are the optimal ones.
+    In the slow suite (one more compiled program, ~16 s of CPU): the default run has the memory
+    probe, which checks values and actions through the recurrent network too."""
     train, agent_on = on_every_probe(_config(**PROBE))
     ctx = context(train)
     net = ppo.network(ctx)
