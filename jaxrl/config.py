@@ -15,6 +15,7 @@ import math
 import re
 import struct
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,6 +60,9 @@ class Config:
     num_envs: int = 4
     num_steps: int = 128  # env steps per env per iteration
     hidden: tuple[int, ...] = (64, 64)
+    # image observations (H, W, C): convolutions [features, kernel, stride] ('VALID' padding, each
+    # followed by the activation) before the hidden dense layers, in every network of the algorithm
+    conv: tuple[tuple[int, ...], ...] = ()
     activation: str = "tanh"
     normalize_obs: bool = False
     normalize_reward: bool = False
@@ -111,8 +115,10 @@ class Config:
                  f"is int32 (at most {INT32_MAX})")
         require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
                  f"hidden must list positive layer widths, got {self.hidden}")
-        require(self.activation in ACTIVATIONS,
-                 f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        require(all(len(layer) == 3 and min(layer) >= 1 for layer in self.conv),
+                 f"conv must list convolutions as [features, kernel, stride] of positive integers, got "
+                 f"{[list(layer) for layer in self.conv]}")
+        require_one_of("activation", self.activation, ACTIVATIONS)
         require(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
         require(self.eval_every <= self.num_iterations,
                  f"eval_every={self.eval_every} is more than the run's {self.num_iterations} iterations, "
@@ -132,7 +138,8 @@ class Config:
             if _type_name(hint) is None:
                 continue  # a type build() does not know; the subclass's validate checks it
             _coerce(name, value, hint)
-            ints = [value] if hint is int else list(value) if typing.get_args(hint)[:1] == (int,) else []
+            is_ints = hint is int or typing.get_origin(hint) is tuple and int in _leaves(typing.get_args(hint))
+            ints = ([value] if hint is int else list(_leaves(value))) if is_ints else []
             if name != "total_steps" and not all(INT32_MIN <= v <= INT32_MAX for v in ints):
                 raise ConfigError(f"{name}={value!r} does not fit in int32 (integers in the compiled program "
                                   f"lie in [{INT32_MIN}, {INT32_MAX}])")
@@ -157,13 +164,20 @@ class Config:
         return build(type(self), {**dataclasses.asdict(self), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain YAML-safe dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Plain YAML-safe dict (tuples, nested ones too, become lists)."""
+        as_list = lambda v: [as_list(x) for x in v] if isinstance(v, tuple) else v  # noqa: E731
+        return {k: as_list(v) for k, v in dataclasses.asdict(self).items()}
 
 
 def require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def require_one_of(name: str, value: Any, options: Sequence[str]) -> None:
+    """A :class:`ConfigError` naming the options (and the close ones) unless ``value`` is one."""
+    require(value in options, f"{name} must be one of {', '.join(options)}, got {value!r}"
+            + suggest(str(value), list(options)))
 
 
 def _fits_float32(x: float) -> bool:
@@ -411,6 +425,14 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     raise ConfigError(f"config key {name!r} must be {_type_name(hint) or hint}, got {value!r} ({type(value).__name__})")
 
 
+def _leaves(value: tuple) -> Any:
+    """The items of a nested tuple, depth first; of a type hint's args too (``tuple[tuple[int,
+    ...], ...]`` -> int, ...)."""
+    for item in value:
+        nested = typing.get_args(item) if typing.get_origin(item) is tuple else item if isinstance(item, tuple) else None
+        yield from _leaves(nested) if nested is not None else (item,)
+
+
 def _number(value: Any) -> int | float | None:
     """``value`` as an int or float (YAML 1.1 reads ``5e5`` as a string), None if it is not a
     number; bools are not numbers here."""
@@ -430,7 +452,8 @@ def _number(value: Any) -> int | float | None:
 def _type_name(hint: Any) -> str | None:
     """How messages name a field type that build() coerces; None for any other type."""
     if typing.get_origin(hint) is tuple:
-        return f"a list of {typing.get_args(hint)[0].__name__}"
+        inner = typing.get_args(hint)[0]
+        return f"a list of {'lists of ' + typing.get_args(inner)[0].__name__ if typing.get_origin(inner) is tuple else inner.__name__}"
     if hint is dict or typing.get_origin(hint) is dict:
         return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint)

@@ -41,7 +41,7 @@ import yaml
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxrl import stats
-from jaxrl.config import Config, ConfigError, suggest
+from jaxrl.config import Config, ConfigError, require_one_of, suggest
 from jaxrl.loop import compiler_options, hparam_dtype, make_train
 from jaxrl.metrics import FINAL_EPISODES, final_return
 from jaxrl.parallel import seed_mesh
@@ -393,9 +393,7 @@ def tune(config: Config, space: Mapping[str, Any], budget: int, tuning_seeds: in
     is checked before anything compiles.
     """
     config.validate()
-    if method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}" + suggest(str(method),
-                                                                                                    list(METHODS)))
+    require_one_of("method", method, METHODS)
     if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 1:
         raise ConfigError(f"budget must be a positive integer (candidates, or PBT's population), got {budget!r}")
     if method != "pbt" and (interval is not None or pbt_options):

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
-from jaxrl import envs, parallel
+from jaxrl import envs, networks, parallel
 from jaxrl.algos import algo_module
 from jaxrl.config import Config, ConfigError, RoundingWarning
 from jaxrl.core import Context, Metrics, Spec, map_per_device, nan_like
@@ -168,6 +168,11 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
     if config.num_envs % devices:
         raise ConfigError(f"num_envs={config.num_envs} does not divide over {devices} devices "
                           f"(data parallel: every device steps an equal share of the envs)")
+    if config.conv:
+        try:
+            networks.conv_output_shape(spec.obs_shape, config.conv)
+        except ValueError as err:
+            raise ConfigError(f"{config.env}: {err}") from None
     if hasattr(algo, "check"):
         algo.check(config, spec, devices)
     n_envs, n_iters = config.num_envs, config.num_iterations

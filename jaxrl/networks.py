@@ -5,9 +5,11 @@ use orthogonal initialisation with the usual gains: sqrt(2) for hidden layers, 0
 logits/means (a near-uniform initial policy) and 1.0 for values; :func:`init` builds a
 network's params with all those random matrices drawn in one call, ensembles included.
 
-Top to bottom: init machinery (:class:`Orthogonal`, :func:`dense`, :func:`init`,
-:func:`ensemble`), the torso (:class:`MLP`), then heads: on-policy :class:`ActorCritic` and its
-recurrent variant :class:`RecurrentActorCritic` (GRU or LSTM core, :func:`unroll` over sequences), DQN's
+Top to bottom: init machinery (:class:`Orthogonal`, :func:`orthogonal`, :func:`dense`,
+:func:`init`, :func:`ensemble`, :class:`NoisyDense`), the torso (:class:`MLP`, with
+:func:`obs_features`: convolutions for image observations, the config's ``conv``), then heads:
+on-policy :class:`ActorCritic` and its recurrent variant :class:`RecurrentActorCritic` (GRU or
+LSTM core, :func:`unroll` over sequences), DQN's
 :class:`QNetwork` (scalar or distributional, via :func:`action_head`) and IQN's
 :class:`ImplicitQuantileNetwork` (:class:`CosineEmbedding`, :func:`distort`), and the off-policy actor-critic family's critics (:class:`QCritic`,
 :class:`QCriticEnsemble`, :class:`DiscreteCriticEnsemble`) and actors
@@ -81,14 +83,64 @@ class Orthogonal(struct.PyTreeNode, nn.meta.AxisMetadata):
         return jnp.moveaxis(stacked, tuple(range(len(axes))), axes).astype(self.value.dtype)
 
 
-def dense(features: int, gain: float = float(np.sqrt(2)), name: str | None = None) -> nn.Dense:
-    """A dense layer with an orthogonal ``gain``-scaled kernel and zero bias."""
-    orthogonal = nn.initializers.orthogonal(gain)
+def orthogonal(gain: float) -> nn.initializers.Initializer:
+    """flax's ``orthogonal(gain)`` kernel initializer, its result boxed as :class:`Orthogonal`
+    so that :func:`init` draws it together with all other kernels."""
+    draw = nn.initializers.orthogonal(gain)
 
     def kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Orthogonal:
-        return Orthogonal(orthogonal(key, shape, dtype), gain)
+        return Orthogonal(draw(key, shape, dtype), gain)
 
-    return nn.Dense(features, kernel_init=kernel_init, bias_init=nn.initializers.zeros, name=name)
+    return kernel_init
+
+
+def dense(features: int, gain: float = float(np.sqrt(2)), name: str | None = None) -> nn.Dense:
+    """A dense layer with an orthogonal ``gain``-scaled kernel and zero bias."""
+    return nn.Dense(features, kernel_init=orthogonal(gain), bias_init=nn.initializers.zeros, name=name)
+
+
+class NoisyDense(nn.Module):
+    """A dense layer with factorised Gaussian noise on its weights (Fortunato et al., 2018, "Noisy
+    Networks for Exploration", section 3.(b)): ``y = x (mu_w + sigma_w * eps_w) + mu_b + sigma_b * eps_b``
+    with ``eps_w = f(eps_in) f(eps_out)^T``, ``eps_b = f(eps_out)``, ``f(e) = sgn(e) sqrt(|e|)`` and
+    ``eps_in (inputs,)``, ``eps_out (features,)`` standard normal, so a draw costs ``inputs +
+    features`` normals, not their product.
+
+    The noise is drawn afresh at every call from the ``noise`` rng stream
+    (``apply(..., rngs={"noise": key})``), one draw for the whole batch; called without a
+    ``noise`` rng (as ``init`` does) the layer uses its mean weights ``mu``, the deterministic
+    network. Init as in the paper's factorised case: ``mu ~ U[-1/sqrt(p), 1/sqrt(p)]`` and
+    ``sigma = sigma0 / sqrt(p)`` for ``p`` inputs.
+    """
+
+    features: int
+    sigma0: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        inputs = x.shape[-1]
+        bound = 1.0 / math.sqrt(inputs)
+        uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
+        sigma = nn.initializers.constant(self.sigma0 / math.sqrt(inputs))
+        mu_w = self.param("kernel", uniform, (inputs, self.features))
+        mu_b = self.param("bias", uniform, (self.features,))
+        sigma_w = self.param("sigma_kernel", sigma, (inputs, self.features))
+        sigma_b = self.param("sigma_bias", sigma, (self.features,))
+        y = x @ mu_w + mu_b
+        if not self.has_rng("noise"):
+            return y
+        k_in, k_out = jax.random.split(self.make_rng("noise"))
+        scaled = lambda e: jnp.sign(e) * jnp.sqrt(jnp.abs(e))  # noqa: E731  (f)
+        f_in = scaled(jax.random.normal(k_in, (inputs,), x.dtype))
+        f_out = scaled(jax.random.normal(k_out, (self.features,), x.dtype))
+        # x (sigma_w * f_in f_out^T) = ((x * f_in) sigma_w) * f_out: no (inputs, features) noise matrix
+        return y + ((x * f_in) @ sigma_w) * f_out + sigma_b * f_out
+
+
+def linear(features: int, gain: float, noisy: bool = False, sigma0: float = 0.5) -> nn.Module:
+    """A :func:`dense` layer (orthogonal, ``gain``), or with ``noisy`` a :class:`NoisyDense`
+    (``sigma0``; its own init, as the paper's)."""
+    return NoisyDense(features, sigma0) if noisy else dense(features, gain)
 
 
 def init(module: nn.Module, key: jax.Array, *inputs: jax.Array) -> dict:
@@ -155,27 +207,106 @@ def flatten_obs(obs: jax.Array, obs_shape: tuple[int, ...]) -> jax.Array:
     return obs.reshape(obs.shape[: obs.ndim - len(obs_shape)] + (-1,))
 
 
+Convs = Sequence[Sequence[int]]  # convolutions as (features, kernel, stride)
+
+
+def conv_output_shape(obs_shape: tuple[int, ...], conv: Convs) -> tuple[int, int, int]:
+    """The (height, width, features) that the ``conv`` layers make of images of ``obs_shape``,
+    or a ValueError when the observations are not images or a kernel outgrows what is left."""
+    if len(obs_shape) != 3:
+        raise ValueError(f"conv layers need image observations (height, width, channels), got observation "
+                         f"shape {obs_shape}")
+    (height, width, channels), sizes = obs_shape, []
+    for features, kernel, stride in conv:
+        if kernel > min(height, width):
+            raise ValueError(f"conv kernel {kernel} is larger than the {height}x{width} image it gets (after "
+                             f"convolutions {sizes}): 'VALID' convolutions need kernel <= height and width")
+        height, width, channels = (height - kernel) // stride + 1, (width - kernel) // stride + 1, features
+        sizes.append((height, width, channels))
+    return height, width, channels
+
+
+def convolve(x: jax.Array, kernel: jax.Array, stride: int, by_matmul: bool | None = None) -> jax.Array:
+    """The 'VALID' convolution of images ``x (..., H, W, C)`` (any leading batch axes) with a
+    square ``kernel (k, k, C, F)``: (..., H', W', F).
+
+    ``by_matmul`` (default: on CPU) computes it as one matmul over the k*k strided views of the
+    image (im2col by slicing), the same sums as ``lax.conv``: differentiating XLA's CPU
+    convolution inside a ``scan`` (every minibatch loop) measured 9x slower (STACK-NOTES).
+    """
+    k, (h, w, c) = kernel.shape[0], x.shape[-3:]
+    out_h, out_w = (h - k) // stride + 1, (w - k) // stride + 1
+    if jax.default_backend() == "cpu" if by_matmul is None else by_matmul:
+        views = [x[..., i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :]
+                 for i in range(k) for j in range(k)]  # (kh, kw, C) order, as the kernel's rows
+        return jnp.concatenate(views, axis=-1) @ kernel.reshape(k * k * c, -1)
+    y = jax.lax.conv_general_dilated(x.reshape(-1, h, w, c), kernel, (stride, stride), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape(x.shape[:-3] + y.shape[-3:])
+
+
+class Conv(nn.Module):
+    """A :func:`convolve` layer with an orthogonal sqrt(2)-gain (k, k, C, features) kernel (in
+    :func:`init`'s shared draw) and a zero bias."""
+
+    features: int
+    kernel: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (self.kernel, self.kernel, x.shape[-1], self.features)
+        kernel = self.param("kernel", orthogonal(float(np.sqrt(2))), shape)
+        return convolve(x, kernel, self.stride) + self.param("bias", nn.initializers.zeros, (self.features,))
+
+
+def obs_features(obs: jax.Array, obs_shape: tuple[int, ...], conv: Convs = (), activation: str = "relu",
+                 layer_norm: bool = False) -> jax.Array:
+    """The observation features the dense layers see: ``obs (..., *obs_shape)`` flattened to
+    ``(..., features)``, after the ``conv`` layers when given (call inside a compact module).
+
+    With ``conv``, ``obs_shape`` is an image (H, W, C) (channels last, as MinAtar's and gymnax's
+    pixel envs give them); each convolution (features, kernel, stride) is a :class:`Conv`
+    ('VALID', as the MinAtar paper's network and PQN's), then a LayerNorm over its features when
+    ``layer_norm``, then ``activation``.
+    """
+    if conv:
+        conv_output_shape(obs_shape, conv)  # a clear error for images the kernels do not fit
+        for features, kernel, stride in conv:
+            obs = Conv(features, kernel, stride)(obs)
+            if layer_norm:
+                obs = nn.LayerNorm()(obs)
+            obs = ACTIVATION_FNS[activation](obs)
+        obs_shape = obs.shape[-3:]
+    return flatten_obs(obs, obs_shape)
+
+
 # ---------------------------------------------------------------------------------------------
 # Torsos
 
 
 class MLP(nn.Module):
-    """Flattens everything after the batch axis, then ``hidden`` dense layers.
+    """The torso: observation features (:func:`obs_features`: flattened, after ``conv`` layers
+    for images), then ``hidden`` dense layers.
 
-    ``layer_norm`` puts a LayerNorm after each dense layer, before its activation (off by
-    default, so existing networks' params are unchanged).
+    ``layer_norm`` puts a LayerNorm after each dense layer (and convolution), before its
+    activation (off by default, so existing networks' params are unchanged); ``noisy`` makes the
+    dense layers :class:`NoisyDense` (``sigma0``; the convolutions stay deterministic).
     """
 
     hidden: Sequence[int]
     activation: str = "tanh"
     obs_shape: tuple[int, ...] = ()  # the per-observation shape, flattened to one axis
     layer_norm: bool = False
+    conv: Convs = ()
+    noisy: bool = False
+    sigma0: float = 0.5
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = flatten_obs(x, self.obs_shape)
+        x = obs_features(x, self.obs_shape, self.conv, self.activation, self.layer_norm)
         for width in self.hidden:
-            x = dense(width)(x)
+            x = linear(width, float(np.sqrt(2)), self.noisy, self.sigma0)(x)
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = ACTIVATION_FNS[self.activation](x)
@@ -199,11 +330,12 @@ class ActorCritic(nn.Module):
     hidden: Sequence[int]
     activation: str = "tanh"
     obs_shape: tuple[int, ...] = ()
+    conv: Convs = ()
 
     def setup(self) -> None:
-        self.actor = MLP(self.hidden, self.activation, self.obs_shape)
+        self.actor = MLP(self.hidden, self.activation, self.obs_shape, conv=self.conv)
         self.actor_out = dense(self.action_dim, 0.01)
-        self.critic = MLP(self.hidden, self.activation, self.obs_shape)
+        self.critic = MLP(self.hidden, self.activation, self.obs_shape, conv=self.conv)
         self.critic_out = dense(1, 1.0)
         if not self.discrete:
             self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
@@ -245,6 +377,7 @@ class RecurrentActorCritic(nn.Module):
     obs_shape: tuple[int, ...] = ()
     cell: str = "gru"
     rnn_size: int = 128
+    conv: Convs = ()  # the embedding's convolutions (image observations)
 
     def __post_init__(self) -> None:
         if self.cell not in RNN_CELLS:
@@ -253,7 +386,7 @@ class RecurrentActorCritic(nn.Module):
         super().__post_init__()
 
     def setup(self) -> None:
-        self.embedding = MLP(self.hidden, self.activation, self.obs_shape)
+        self.embedding = MLP(self.hidden, self.activation, self.obs_shape, conv=self.conv)
         self.core = (nn.GRUCell if self.cell == "gru" else nn.OptimizedLSTMCell)(self.rnn_size)
         self.actor = MLP(self.hidden, self.activation, (self.rnn_size,))
         self.actor_out = dense(self.action_dim, 0.01)
@@ -317,7 +450,8 @@ def unroll(network: RecurrentActorCritic, params: dict, carry, obs: jax.Array, f
 
 class _ActionValues(nn.Module):
     """Fields shared by the networks of action values (:class:`QNetwork`,
-    :class:`ImplicitQuantileNetwork`)."""
+    :class:`ImplicitQuantileNetwork`). ``noisy``: every dense layer of the torso and the head is
+    a :class:`NoisyDense` (``sigma0``): noisy with a ``noise`` rng, the mean network without."""
 
     num_actions: int
     hidden: Sequence[int]
@@ -325,6 +459,15 @@ class _ActionValues(nn.Module):
     dueling: bool = False
     obs_shape: tuple[int, ...] = ()
     layer_norm: bool = False
+    conv: Convs = ()
+    noisy: bool = False
+    sigma0: float = 0.5
+
+    def torso(self, hidden: Sequence[int], obs_shape: tuple[int, ...], conv: Convs = ()) -> MLP:
+        return MLP(hidden, self.activation, obs_shape, self.layer_norm, conv, self.noisy, self.sigma0)
+
+    def head(self, x: jax.Array, num_atoms: int | None = None) -> jax.Array:
+        return action_head(x, self.num_actions, self.dueling, num_atoms, self.noisy, self.sigma0)
 
 
 class QNetwork(_ActionValues):
@@ -344,20 +487,20 @@ class QNetwork(_ActionValues):
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        x = MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm)(obs)
-        return action_head(x, self.num_actions, self.dueling, self.num_atoms)
+        return self.head(self.torso(self.hidden, self.obs_shape, self.conv)(obs), self.num_atoms)
 
 
-def action_head(x: jax.Array, num_actions: int, dueling: bool, num_atoms: int | None = None) -> jax.Array:
+def action_head(x: jax.Array, num_actions: int, dueling: bool, num_atoms: int | None = None, noisy: bool = False,
+                sigma0: float = 0.5) -> jax.Array:
     """Dense outputs per action from features ``x (..., features)`` (call inside a compact
     module): (..., num_actions), or (..., num_actions, num_atoms) with ``num_atoms``; ``dueling``
-    computes them as V + (A - mean over actions of A)."""
+    computes them as V + (A - mean over actions of A); ``noisy``: :class:`NoisyDense` layers."""
     atoms = num_atoms or 1
     shape = x.shape[:-1] + ((num_actions, atoms) if num_atoms else (num_actions,))
     if not dueling:
-        return dense(num_actions * atoms, 1.0)(x).reshape(shape)
-    advantage = dense(num_actions * atoms, 1.0)(x).reshape(x.shape[:-1] + (num_actions, atoms))
-    value = dense(atoms, 1.0)(x)[..., None, :]
+        return linear(num_actions * atoms, 1.0, noisy, sigma0)(x).reshape(shape)
+    advantage = linear(num_actions * atoms, 1.0, noisy, sigma0)(x).reshape(x.shape[:-1] + (num_actions, atoms))
+    value = linear(atoms, 1.0, noisy, sigma0)(x)[..., None, :]
     return (value + advantage - advantage.mean(axis=-2, keepdims=True)).reshape(shape)
 
 
@@ -394,10 +537,11 @@ class ImplicitQuantileNetwork(_ActionValues):
     @nn.compact
     def __call__(self, obs: jax.Array, taus: jax.Array) -> jax.Array:
         *torso, last = self.hidden
-        x = MLP(torso, self.activation, self.obs_shape, self.layer_norm)(obs) if torso else flatten_obs(obs, self.obs_shape)
+        x = (self.torso(torso, self.obs_shape, self.conv)(obs) if torso
+             else obs_features(obs, self.obs_shape, self.conv, self.activation, self.layer_norm))
         x = x[..., None, :] * CosineEmbedding(self.num_cosines, x.shape[-1])(taus)  # (..., K, features)
-        x = MLP((last,), self.activation, (x.shape[-1],), self.layer_norm)(x)
-        return jnp.swapaxes(action_head(x, self.num_actions, self.dueling), -1, -2)
+        x = self.torso((last,), (x.shape[-1],))(x)
+        return jnp.swapaxes(self.head(x), -1, -2)
 
 
 RISKS = ("neutral", "cvar", "wang")  # distortions of IQN's sampled quantile fractions
@@ -436,6 +580,7 @@ class QCritic(nn.Module):
     layer_norm: bool = False
     num_quantiles: int | None = None
     obs_shape: tuple[int, ...] = ()
+    conv: Convs = ()  # applied to the observation, before the action joins it
 
     def __post_init__(self) -> None:
         _check_positive("num_quantiles", self.num_quantiles, optional=True)
@@ -443,7 +588,7 @@ class QCritic(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
-        obs = flatten_obs(obs, self.obs_shape)
+        obs = obs_features(obs, self.obs_shape, self.conv, self.activation, self.layer_norm)
         if obs.shape[:-1] != action.shape[:-1]:
             raise ValueError(f"observations (batch axes {obs.shape[:-1]} with obs_shape {self.obs_shape}) "
                              f"and actions (batch axes {action.shape[:-1]}) must have the same batch axes")
@@ -467,6 +612,7 @@ class QCriticEnsemble(nn.Module):
     layer_norm: bool = False
     num_quantiles: int | None = None
     obs_shape: tuple[int, ...] = ()
+    conv: Convs = ()
 
     def __post_init__(self) -> None:
         _check_positive("num_critics", self.num_critics)
@@ -476,7 +622,8 @@ class QCriticEnsemble(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         critics = ensemble(QCritic, self.num_critics)(
-            self.hidden, self.activation, self.layer_norm, self.num_quantiles, self.obs_shape, name="critics")
+            self.hidden, self.activation, self.layer_norm, self.num_quantiles, self.obs_shape, self.conv,
+            name="critics")
         return critics(obs, action)
 
 
@@ -490,6 +637,7 @@ class DiscreteCriticEnsemble(nn.Module):
     activation: str = "relu"
     layer_norm: bool = False
     obs_shape: tuple[int, ...] = ()
+    conv: Convs = ()
 
     def __post_init__(self) -> None:
         _check_positive("num_critics", self.num_critics)
@@ -499,7 +647,7 @@ class DiscreteCriticEnsemble(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         critics = ensemble(QNetwork, self.num_critics)(
-            self.num_actions, self.hidden, self.activation, False, self.obs_shape, self.layer_norm,
+            self.num_actions, self.hidden, self.activation, False, self.obs_shape, self.layer_norm, self.conv,
             name="critics")
         return critics(obs)
 
@@ -540,6 +688,7 @@ class _BoundedActor(nn.Module):
     activation: str = "relu"
     layer_norm: bool = False
     obs_shape: tuple[int, ...] = ()
+    conv: Convs = ()
 
     def __post_init__(self) -> None:
         low, high = action_bounds(self.action_low, self.action_high)
@@ -552,7 +701,7 @@ class _BoundedActor(nn.Module):
         return len(self.action_low)
 
     def torso(self, obs: jax.Array) -> jax.Array:
-        return MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm)(obs)
+        return MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm, self.conv)(obs)
 
 
 def _center_and_half_width(low: Sequence[float], high: Sequence[float]) -> tuple[jax.Array, jax.Array]:
@@ -668,6 +817,7 @@ class CategoricalActor(nn.Module):
     activation: str = "relu"
     layer_norm: bool = False
     obs_shape: tuple[int, ...] = ()
+    conv: Convs = ()
 
     def __post_init__(self) -> None:
         _check_positive("num_actions", self.num_actions)
@@ -675,5 +825,5 @@ class CategoricalActor(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> distrax.Categorical:
-        x = MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm)(obs)
+        x = MLP(self.hidden, self.activation, self.obs_shape, self.layer_norm, self.conv)(obs)
         return distrax.Categorical(logits=dense(self.num_actions, 0.01)(x))

@@ -16,8 +16,8 @@ from jaxrl.config import ConfigError, build, config_names, parse_grid, parse_ove
 def test_bundled_configs_load(name):
     config = jaxrl.load_config(name)
     variants = {"ddpg": "td3", "tqc": "sac", "spo": "ppo", "mdpo": "ppo", "dpo": "ppo",
-                "c51": "dqn", "qrdqn": "dqn", "iqn": "dqn", "mdqn": "dqn", "a2c": "ppo", "reinforce": "ppo",
-                "impala": "ppo"}  # named after the variant
+                "c51": "dqn", "qrdqn": "dqn", "iqn": "dqn", "mdqn": "dqn", "rainbow": "dqn", "a2c": "ppo",
+                "reinforce": "ppo", "impala": "ppo"}  # named after the variant
     variant = variants.get(name.split("_")[0], name.split("_")[0])
     assert config.algo == variant, (name, config.algo)
     assert config.num_iterations >= 1
@@ -69,6 +69,10 @@ def test_traced_and_static_fields():
     ("mdqn_cartpole", {"entropy_tau": 0.0}, "entropy_tau must be > 0"),
     ("mdqn_cartpole", {"log_policy_clip": 0.5}, "log_policy_clip must be <= 0"),
     ("ppo_cartpol", {}, "unknown config 'ppo_cartpol'.*did you mean 'ppo_cartpole'"),
+    # the convolutional torso
+    ("pqn_cartpole", {"conv": [[16, 3]]}, r"conv must list convolutions as \[features, kernel, stride\]"),
+    ("pqn_cartpole", {"conv": [[16, 0, 1]]}, "of positive integers"),
+    ("pqn_cartpole", {"conv": "16"}, "must be a list of lists of int"),
 ])
 def test_bad_configs_raise_clear_errors(name, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -87,6 +91,8 @@ def test_unknown_env_and_incompatible_action_space_fail_before_compiling():
         jaxrl.make_train(jaxrl.load_config("ppo_cartpole", env="CartPol-v1"))
     with pytest.raises(ConfigError, match="discrete action space"):
         jaxrl.make_train(jaxrl.load_config("dqn_cartpole", env="Pendulum-v1"))
+    with pytest.raises(ConfigError, match=r"conv layers need image observations.*shape \(4,\)"):
+        jaxrl.make_train(jaxrl.load_config("ppo_cartpole", conv=[[16, 3, 1]]))
 
 
 def test_unknown_traced_hyperparameter():

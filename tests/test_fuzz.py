@@ -69,6 +69,7 @@ VALID_HINTS: dict[str, st.SearchStrategy] = {
     "num_envs": st.integers(1, 4),
     "num_steps": st.integers(1, 8),
     "hidden": st.lists(st.integers(1, 8), min_size=1, max_size=3) | st.integers(1, 8),
+    "conv": st.just(()),  # the fuzzed envs have vector observations (conv: tests/test_networks.py, test_minatar.py)
     "eval_every": st.integers(0, 3),
     "eval_episodes": st.integers(1, 3),
     "eval_max_steps": st.integers(1, 64),

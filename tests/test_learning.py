@@ -60,10 +60,18 @@ MEMORY_CHAIN_THRESHOLD = 0.9
     pytest.param("qrdqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
     pytest.param("iqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
     pytest.param("mdqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
+    pytest.param("rainbow_cartpole", {}, 4, 100, 400.0, marks=SLOW),
     pytest.param("pqn_cartpole", {}, 4, 100, 475.0, marks=SLOW),
     pytest.param("trpo_cartpole", {}, 4, 100, 475.0, marks=SLOW),
     pytest.param("trpo_pendulum", {}, 4, 100, -250.0, marks=SLOW),
     pytest.param("impala_cartpole", {}, 4, 100, 475.0, marks=SLOW),  # the acting policy 4 updates behind
+    # every PPO objective (short CartPole tests in test_ppo_objectives.py), A2C and REINFORCE
+    *(pytest.param(f"{name}_cartpole", {}, 4, 100, 475.0, marks=SLOW)
+      for name in ("ppo_kl", "spo", "mdpo", "dpo", "ppo_ewma")),
+    *(pytest.param(f"{name}_pendulum", {}, 4, 100, -250.0, marks=SLOW)
+      for name in ("ppo_kl", "spo", "mdpo", "dpo", "ppo_ewma")),
+    pytest.param("a2c_cartpole", {}, 4, 100, 400.0, marks=SLOW),
+    pytest.param("reinforce_cartpole", {}, 4, 100, 400.0, marks=SLOW),
 ])
 def test_learns(name, overrides, seeds, episodes, threshold):
     config = jaxrl.load_config(name, **overrides)

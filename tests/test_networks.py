@@ -410,3 +410,85 @@ def test_categorical_actor():
     np.testing.assert_allclose(dist.probs.sum(-1), 1, rtol=1e-6)
     np.testing.assert_allclose(dist.probs, 0.2, atol=0.02)  # gain 0.01 logits: near uniform
     assert dist.sample(seed=jax.random.key(2)).shape == (8,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolutional torso (config ``conv``)
+
+
+def conv_reference(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int) -> np.ndarray:
+    """A 'VALID' convolution of one image x (H, W, C) with kernel (k, k, C, F), by loops: the
+    output is ((H - k) // stride + 1) x ((W - k) // stride + 1)."""
+    (h, w, _), k = x.shape, kernel.shape[0]
+    out = np.zeros(((h - k) // stride + 1, (w - k) // stride + 1, kernel.shape[-1]))
+    for i, j in np.ndindex(out.shape[:2]):
+        patch = x[i * stride:i * stride + k, j * stride:j * stride + k]
+        out[i, j] = np.einsum("abc,abcf->f", patch, kernel) + bias
+    return out
+
+
+def test_conv_torso_matches_a_numpy_convolution_then_the_dense_layers():
+    conv = ((4, 3, 2), (3, 2, 1))  # (features, kernel, stride): 7x6 -> 3x2 -> 2x1
+    net = networks.MLP((6,), "relu", (7, 6, 2), conv=conv)
+    x = jax.random.normal(jax.random.key(0), (2, 3, 7, 6, 2))  # two batch axes
+    assert networks.conv_output_shape((7, 6, 2), conv) == (2, 1, 3)
+    params = init(net, jax.random.key(1), x[0, :1])
+    p = params["params"]
+    out = np.asarray(apply(net, params, x))
+    assert out.shape == (2, 3, 6)
+    relu = lambda v: np.maximum(v, 0)  # noqa: E731
+    for b in np.ndindex(2, 3):
+        h = relu(conv_reference(np.asarray(x[b]), np.asarray(p["Conv_0"]["kernel"]), np.asarray(p["Conv_0"]["bias"]), 2))
+        h = relu(conv_reference(h, np.asarray(p["Conv_1"]["kernel"]), np.asarray(p["Conv_1"]["bias"]), 1))
+        expected = relu(h.reshape(-1) @ np.asarray(p["Dense_0"]["kernel"]) + np.asarray(p["Dense_0"]["bias"]))
+        np.testing.assert_allclose(out[b], expected, rtol=1e-4, atol=1e-5)
+    # conv kernels are drawn with the shared orthogonal draw: as (k*k*C, F) matrices, sqrt(2)-scaled
+    for name in ("Conv_0", "Conv_1"):
+        k = np.asarray(p[name]["kernel"]).reshape(-1, p[name]["kernel"].shape[-1])
+        np.testing.assert_allclose(k.T @ k, 2 * np.eye(k.shape[1]), atol=1e-5)
+        assert not np.any(np.asarray(p[name]["bias"]))
+
+
+def test_every_network_takes_the_conv_torso():
+    obs, image, conv = jnp.zeros((2, 6, 6, 3)), (6, 6, 3), ((4, 3, 1),)
+    action = jnp.zeros((2, 2))
+    nets = {
+        networks.ActorCritic(3, True, (8,), "tanh", image, conv): (obs,),
+        networks.QNetwork(3, (8,), "relu", True, image, conv=conv, num_atoms=5): (obs,),
+        networks.ImplicitQuantileNetwork(3, (8,), "relu", False, image, conv=conv, num_cosines=4): (obs, jnp.zeros((2, 7))),
+        networks.QCriticEnsemble((8,), 2, "relu", False, None, image, conv): (obs, action),
+        networks.DiscreteCriticEnsemble(3, (8,), 2, "relu", False, image, conv): (obs,),
+        networks.DeterministicActor((-1, -1), (1, 1), (8,), "relu", False, image, conv): (obs,),
+        networks.TanhGaussianActor((-1, -1), (1, 1), (8,), "relu", False, image, conv): (obs,),
+        networks.CategoricalActor(3, (8,), "relu", False, image, conv): (obs,),
+    }
+    for net, inputs in nets.items():
+        params = jax.eval_shape(lambda: networks.init(net, jax.random.key(0), *inputs))  # shapes only: no compile
+        convs = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+                 if any(getattr(k, "key", "").startswith("Conv_") for k in path)]
+        assert convs, type(net).__name__
+        jax.eval_shape(net.apply, params, *inputs)  # runs on images
+
+
+@pytest.mark.parametrize("by_matmul", [True, False])
+def test_convolve_by_matmul_and_by_lax_conv_match_numpy(by_matmul):
+    x = np.asarray(jax.random.normal(jax.random.key(0), (2, 9, 7, 3)))
+    kernel = np.asarray(jax.random.normal(jax.random.key(1), (3, 3, 3, 5)))
+    got = jax.jit(networks.convolve, static_argnums=(2, 3))(x, kernel, 2, by_matmul)
+    assert got.shape == (2, 4, 3, 5)
+    for b in range(2):
+        np.testing.assert_allclose(got[b], conv_reference(x[b], kernel, np.zeros(5), 2), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_needs_image_observations_its_kernels_fit():
+    with pytest.raises(ValueError, match="image observations"):
+        init(networks.MLP((4,), conv=((4, 3, 1),), obs_shape=(5,)), jax.random.key(0), OBS)
+    with pytest.raises(ValueError, match=r"conv kernel 3 is larger than the 2x2 image it gets \(after convolutions \[\(2, 2, 4\)\]\)"):
+        networks.conv_output_shape((4, 4, 1), ((4, 3, 1), (4, 3, 1)))
+
+
+def test_conv_layer_norm_normalizes_each_position_over_features():
+    net = networks.MLP((3,), "relu", (5, 5, 2), layer_norm=True, conv=((4, 3, 1),))
+    params = init(net, jax.random.key(0), jnp.zeros((1, 5, 5, 2)))
+    assert set(params["params"]) == {"Conv_0", "LayerNorm_0", "Dense_0", "LayerNorm_1"}
+    assert params["params"]["LayerNorm_0"]["scale"].shape == (4,)

@@ -56,7 +56,10 @@ def _dqn_probe_config(kind: str, **options):
     {"distributional": "iqn", "num_taus": 8, "num_target_taus": 8, "num_acting_taus": 8, "num_cosines": 16,
      "hidden": [64, 64]},  # a smaller network: the costliest probe of the default run
     {"munchausen": True, "double": False, "lr": 1e-2},
-], ids=["double", "dueling", "polyak-single", "c51", "qr-dueling", "iqn", "munchausen"])
+    # Rainbow: the values and actions are the mean network's (no noise); epsilon stays the probes'
+    {"distributional": "c51", "v_min": -2.0, "v_max": 2.0, "lr": 1e-2, "dueling": True, "n_step": 3,
+     "prioritized": True, "noisy": True, "num_atoms": 11, "hidden": [32]},
+], ids=["double", "dueling", "polyak-single", "c51", "qr-dueling", "iqn", "munchausen", "rainbow"])
 def test_dqn_solves_every_probe(options):
     train, agent = on_every_probe(_dqn_probe_config("constant", **options))
     # Munchausen's bonus alpha * clip(tau log pi(a|s), l0, 0) is about 0 for the greedy action
@@ -64,7 +67,7 @@ def test_dqn_solves_every_probe(options):
     config = train.config
     wrong = -1.0 + (config.munchausen_alpha * config.log_policy_clip if config.munchausen else 0.0)
     for i, kind in enumerate(probes.PROBES):
-        q = dqn.q_values(context(train), agent(i).params, _obs(kind), jax.random.key(1))
+        q = dqn.q_values(context(train), agent(i).params, _obs(kind), jax.random.key(1), noise=False)
         np.testing.assert_allclose(q.max(-1), probes.optimal_value(kind, _obs(kind), GAMMA), atol=0.1, err_msg=kind)
         if kind == "discount":  # V(first step) = gamma: closer than the 1 - gamma a learner ignoring gamma is off by
             np.testing.assert_allclose(q.max(-1)[0], GAMMA, atol=0.05)
@@ -72,6 +75,14 @@ def test_dqn_solves_every_probe(options):
             best = np.asarray(probes.optimal_action(kind, _obs(kind), False)).reshape(-1)
             np.testing.assert_array_equal(q.argmax(-1), best, err_msg=kind)
             np.testing.assert_allclose(q.min(-1), wrong, atol=0.1, err_msg=kind)  # the wrong action's value
+        if config.noisy and kind == "obs-action":  # noise by key when acting; the greedy policy is the mean
+            # network's (one probe: eager calls cost seconds each)
+            ctx, keys = context(train), jax.random.split(jax.random.key(2), 2)
+            noisy = [dqn.q_values(ctx, agent(i).params, _obs(kind), k) for k in keys]
+            assert not np.allclose(noisy[0], noisy[1], atol=1e-4), kind
+            greedy = [dqn.policy(ctx, agent(i), (), _obs(kind), k, deterministic=True)[0] for k in keys]
+            np.testing.assert_array_equal(greedy[0], greedy[1], err_msg=kind)
+            np.testing.assert_array_equal(greedy[0], q.argmax(-1), err_msg=kind)
 
 
 def _pqn_probe_config(kind: str, **options):

@@ -1,5 +1,6 @@
 """Deep Q-Networks (Mnih et al., 2015) with Double-DQN targets, a Dueling head, distributional
-heads and Munchausen targets as options.
+heads, Munchausen targets, n-step returns, prioritized replay and noisy nets as options (Rainbow,
+Hessel et al., 2018, is a config: ``configs/rainbow_cartpole.yaml``).
 
 Each iteration adds the rollout to a device-resident replay buffer, then (once
 ``learning_starts`` env steps are stored) takes ``updates_per_iteration`` gradient steps on
@@ -30,6 +31,23 @@ regresses Q on a soft target with the scaled log-policy bonus,
 ``r + alpha * clip(tau log pi(a|s), l0, 0) + discount * sum_a' pi(a'|s') (q(s', a') - tau log pi(a'|s'))``
 with ``pi = softmax(q / tau)`` of the target network (:func:`jaxrl.losses.munchausen_target`;
 ``alpha = munchausen_alpha``, ``tau = entropy_tau``, ``l0 = log_policy_clip``).
+
+``prioritized`` (Schaul et al., 2016, "Prioritized Experience Replay", proportional) draws
+minibatches with probability ``P(i) ∝ p_i^priority_alpha`` (:func:`jaxrl.replay.draw`; new
+transitions get the largest priority so far), weighs each item's loss by the importance weight
+``(N P(i))^-beta / max w`` with ``beta`` annealed linearly from ``priority_beta_start`` to
+``priority_beta_end`` over training, and after each gradient step sets the drawn items'
+priorities to ``|TD error| + priority_eps`` (distributional: c51's KL divergence from the
+target distribution, as in Rainbow; qr and iqn: the item's quantile Huber loss), computed with
+the parameters before the step. Each device of a data-parallel run keeps its own buffer and priorities.
+
+``noisy`` (Fortunato et al., 2018, "Noisy Networks for Exploration") makes every dense layer of
+the Q-network (torso and head, as Rainbow's fully connected layers; ``conv`` layers stay
+deterministic) a factorised-Gaussian :class:`jaxrl.networks.NoisyDense` (``noisy_sigma0``). Noise
+is drawn afresh for every forward pass (acting; the online, target and action-choosing passes of
+a gradient step each their own) from its own stream of that call's key; the deterministic
+(greedy) policy uses the mean weights. Epsilon-greedy stays as configured: set ``eps_start`` and
+``eps_end`` to 0 to explore by the noise alone.
 """
 
 from __future__ import annotations
@@ -73,6 +91,9 @@ class Config(replay.Config):
     kappa: float = 1.0  # qr, iqn: the quantile Huber loss's threshold (0: plain quantile loss)
     risk: str = "neutral"  # iqn: distortion of the acting fractions (neutral | cvar | wang)
     munchausen: bool = False
+    prioritized: bool = False  # prioritized replay (proportional)
+    noisy: bool = False  # factorised-Gaussian noisy layers
+    noisy_sigma0: float = 0.5  # noisy: the noise scales' initial sigma_0 / sqrt(inputs)
     huber: bool = False  # Huber (smooth L1) TD loss; squared error is more stable where rare terminal
     # transitions carry the signal (CartPole: capped gradients let Q drift upwards)
     anneal_lr: bool = False  # decay lr linearly to 0 over training
@@ -86,6 +107,10 @@ class Config(replay.Config):
     munchausen_alpha: float = cfg.traced(0.9)  # the log-policy bonus's scale
     entropy_tau: float = cfg.traced(0.03)  # the softmax policy's temperature
     log_policy_clip: float = cfg.traced(-1.0)  # l0: the bonus's lower clip (<= 0)
+    priority_alpha: float = cfg.traced(0.6)  # prioritized: P(i) ∝ p_i^alpha (0: uniform)
+    priority_beta_start: float = cfg.traced(0.4)  # the importance weights' exponent at the start,
+    priority_beta_end: float = cfg.traced(1.0)  # annealed linearly to this at the end (1: unbiased)
+    priority_eps: float = cfg.traced(1e-6)  # added to every new priority: every item stays drawable
 
     def validate(self) -> None:
         super().validate()
@@ -108,9 +133,8 @@ class Config(replay.Config):
 
     def _validate_variant(self) -> None:
         """The distributional and Munchausen options and the combinations they allow."""
-        cfg.require(self.distributional in DISTRIBUTIONAL, f"distributional must be one of "
-                    f"{', '.join(DISTRIBUTIONAL)}, got {self.distributional!r}")
-        cfg.require(self.risk in networks.RISKS, f"risk must be one of {', '.join(networks.RISKS)}, got {self.risk!r}")
+        cfg.require_one_of("distributional", self.distributional, DISTRIBUTIONAL)
+        cfg.require_one_of("risk", self.risk, networks.RISKS)
         cfg.require(self.num_atoms >= 2, f"num_atoms must be >= 2, got {self.num_atoms}")
         cfg.require(self.v_min < self.v_max, f"need v_min < v_max, got {self.v_min} and {self.v_max}")
         for name in ("num_quantiles", "num_taus", "num_target_taus", "num_acting_taus", "num_cosines"):
@@ -133,6 +157,12 @@ class Config(replay.Config):
                                          "entropy_tau)) with no greedy action to choose: set double: false")
             cfg.require(self.n_step == 1, f"munchausen adds the bonus of one action to one reward; n_step must "
                                           f"be 1, got {self.n_step}")
+        cfg.require(self.priority_alpha >= 0, f"priority_alpha must be >= 0, got {self.priority_alpha}")
+        for name in ("priority_beta_start", "priority_beta_end"):
+            cfg.require(0 <= getattr(self, name) <= 1, f"{name} must be in [0, 1], got {getattr(self, name)}")
+        cfg.require(self.priority_eps > 0, f"priority_eps must be > 0 (an item of priority 0 is never drawn "
+                                           f"again), got {self.priority_eps}")
+        cfg.require(self.noisy_sigma0 > 0, f"noisy_sigma0 must be > 0, got {self.noisy_sigma0}")
 
 
 def check(config: Config, spec: Spec, devices: int) -> None:
@@ -152,39 +182,47 @@ class State(struct.PyTreeNode):
 
 def network(ctx: Context) -> networks.QNetwork | networks.ImplicitQuantileNetwork:
     c, s = ctx.config, ctx.spec
+    noisy = dict(noisy=c.noisy, sigma0=c.noisy_sigma0)
     if c.distributional == "iqn":
         return networks.ImplicitQuantileNetwork(s.action_dim, c.hidden, c.activation, c.dueling, s.obs_shape,
-                                                num_cosines=c.num_cosines)
+                                                conv=c.conv, num_cosines=c.num_cosines, **noisy)
     atoms = {"c51": c.num_atoms, "qr": c.num_quantiles}.get(c.distributional)
-    return networks.QNetwork(s.action_dim, c.hidden, c.activation, c.dueling, s.obs_shape, num_atoms=atoms)
+    return networks.QNetwork(s.action_dim, c.hidden, c.activation, c.dueling, s.obs_shape, conv=c.conv,
+                             num_atoms=atoms, **noisy)
+
+
+NOISE_STREAM = 2  # the noisy layers' noise comes from fold_in(key, NOISE_STREAM)
 
 
 def outputs(ctx: Context, params: dict, obs: jax.Array, key: jax.Array, num_taus: int,
-            acting: bool = False) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+            acting: bool = False, noise: bool = True) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """``(out, q, taus)`` of the network at ``obs (..., *obs_shape)``: ``out`` is what it predicts
     per action, ``(..., actions)`` Q-values or ``(..., actions, atoms)`` (c51: logits; qr, iqn:
     quantiles at ``taus``), ``q (..., actions)`` their mean. IQN samples ``num_taus`` fractions
     per observation with ``key`` (distorted by ``risk`` when ``acting``); the others ignore
-    ``key`` and ``num_taus``, and ``taus`` is None but for iqn."""
+    ``key`` and ``num_taus``, and ``taus`` is None but for iqn. A noisy network draws its noise
+    from its own stream of ``key``, or uses its mean weights without ``noise``."""
     c = ctx.config
+    rngs = {"noise": jax.random.fold_in(key, NOISE_STREAM)} if c.noisy and noise else None
     if c.distributional == "iqn":
         batch = obs.shape[: obs.ndim - len(ctx.spec.obs_shape)]
         taus = jax.random.uniform(key, (*batch, num_taus))
         if acting:
             taus = networks.distort(taus, c.risk, ctx.hp["risk_eta"])
-        out = network(ctx).apply(params, obs, taus)
+        out = network(ctx).apply(params, obs, taus, rngs=rngs)
         return out, out.mean(-1), taus
-    out = network(ctx).apply(params, obs)
+    out = network(ctx).apply(params, obs, rngs=rngs)
     if c.distributional == "c51":
         support = losses.categorical_support(c.v_min, c.v_max, c.num_atoms)
         return out, (jax.nn.softmax(out) * support).sum(-1), None
     return out, (out.mean(-1) if c.distributional == "qr" else out), None
 
 
-def q_values(ctx: Context, params: dict, obs: jax.Array, key: jax.Array) -> jax.Array:
+def q_values(ctx: Context, params: dict, obs: jax.Array, key: jax.Array, noise: bool = True) -> jax.Array:
     """The action values actions are chosen by, ``(..., actions)``: the mean of the predicted
-    return distribution (IQN: over ``num_acting_taus`` sampled, risk-distorted fractions)."""
-    return outputs(ctx, params, obs, key, ctx.config.num_acting_taus, acting=True)[1]
+    return distribution (IQN: over ``num_acting_taus`` sampled, risk-distorted fractions);
+    without ``noise`` a noisy network's mean weights."""
+    return outputs(ctx, params, obs, key, ctx.config.num_acting_taus, acting=True, noise=noise)[1]
 
 
 def optimizer(ctx: Context) -> Optimizer:
@@ -195,7 +233,8 @@ def init(ctx: Context, key: jax.Array) -> State:
     c = ctx.config
     example = (jnp.zeros((1, *ctx.spec.obs_shape)),) + ((jnp.zeros((1, 1)),) if c.distributional == "iqn" else ())
     params = networks.init(network(ctx), key, *example)
-    buffer = replay.create(replay.example_transition(ctx), c.num_envs // ctx.devices, c.buffer_size // c.num_envs)
+    buffer = replay.create(replay.example_transition(ctx), c.num_envs // ctx.devices, c.buffer_size // c.num_envs,
+                           prioritized=c.n_step if c.prioritized else None)
     return State(params, params, optimizer(ctx).init(params), jnp.int32(0), buffer)
 
 
@@ -206,8 +245,16 @@ def epsilon(ctx: Context) -> jax.Array:
     return hp["eps_end"] + (hp["eps_start"] - hp["eps_end"]) * frac
 
 
-def _epsilon_greedy(ctx: Context, agent: State, obs: jax.Array, key: jax.Array, eps: jax.Array) -> jax.Array:
-    return explore.epsilon_greedy(key, q_values(ctx, agent.params, obs, jax.random.fold_in(key, 1)), eps)
+def priority_beta(ctx: Context) -> jax.Array:
+    """The importance weights' exponent this iteration: linear from ``priority_beta_start`` to
+    ``priority_beta_end`` over training."""
+    hp = ctx.hp
+    return hp["priority_beta_start"] + (hp["priority_beta_end"] - hp["priority_beta_start"]) * ctx.progress
+
+
+def _epsilon_greedy(ctx: Context, agent: State, obs: jax.Array, key: jax.Array, eps: jax.Array,
+                    noise: bool = True) -> jax.Array:
+    return explore.epsilon_greedy(key, q_values(ctx, agent.params, obs, jax.random.fold_in(key, 1), noise), eps)
 
 
 def act(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, tuple, dict]:
@@ -216,8 +263,10 @@ def act(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array
 
 def policy(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array,
            deterministic: bool) -> tuple[jax.Array, tuple]:
-    """Greedy actions when deterministic, else epsilon-greedy with the final ``eps_end``."""
-    return _epsilon_greedy(ctx, agent, obs, key, 0.0 if deterministic else ctx.hp["eps_end"]), carry
+    """Greedy actions (a noisy network's mean weights) when deterministic, else epsilon-greedy
+    with the final ``eps_end`` (and noise)."""
+    eps = 0.0 if deterministic else ctx.hp["eps_end"]
+    return _epsilon_greedy(ctx, agent, obs, key, eps, noise=not deterministic), carry
 
 
 def _taken(values: jax.Array, action: jax.Array) -> jax.Array:
@@ -231,12 +280,12 @@ def td_target(ctx: Context, params: dict, target_params: dict, b: dict, key: jax
     a distributional head the target distribution, ``(B, atoms)`` probabilities (c51) or
     ``(B, quantiles)`` samples (qr, iqn)."""
     c, hp = ctx.config, ctx.hp
-    net = network(ctx)
+    k_choose, k_target = jax.random.split(key)
     if c.munchausen:
-        q_obs, q_next = net.apply(target_params, b["obs"]), net.apply(target_params, b["next_obs"])
+        q_obs = outputs(ctx, target_params, b["obs"], k_choose, 0)[0]
+        q_next = outputs(ctx, target_params, b["next_obs"], k_target, 0)[0]
         return losses.munchausen_target(q_obs, q_next, b["action"], b["reward"], b["discount"],
                                         hp["munchausen_alpha"], hp["entropy_tau"], hp["log_policy_clip"])
-    k_choose, k_target = jax.random.split(key)
     best = q_values(ctx, params if c.double else target_params, b["next_obs"], k_choose).argmax(-1)
     next_out = _taken(outputs(ctx, target_params, b["next_obs"], k_target, c.num_target_taus)[0], best)
     if c.distributional == "c51":
@@ -246,20 +295,43 @@ def td_target(ctx: Context, params: dict, target_params: dict, b: dict, key: jax
     return b["reward"][:, None] + b["discount"][:, None] * next_out
 
 
-def loss(ctx: Context, params: dict, target_params: dict, b: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+def item_losses(ctx: Context, params: dict, goal: jax.Array, b: dict,
+                key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(loss, priority, q)`` per item of the minibatch ``b`` against the targets ``goal``: the
+    loss, the prioritized-replay priority (``|TD error|``; c51: the KL divergence of the
+    prediction from the target, as in Rainbow; qr, iqn: the item's loss) and the Q-value of the
+    taken action."""
     c = ctx.config
-    k_online, k_target = jax.random.split(key)
-    goal = jax.lax.stop_gradient(td_target(ctx, params, target_params, b, k_target))
-    out, q, taus = outputs(ctx, params, b["obs"], k_online, c.num_taus)
-    out = _taken(out, b["action"])
+    out, q, taus = outputs(ctx, params, b["obs"], key, c.num_taus)
+    out, q = _taken(out, b["action"]), _taken(q, b["action"])
     if c.distributional == "none":
-        per_item = losses.td_error_loss(out - goal, c.huber)
-    elif c.distributional == "c51":
+        return losses.td_error_loss(out - goal, c.huber), jnp.abs(out - goal), q
+    if c.distributional == "c51":
         per_item = losses.categorical_cross_entropy(out, goal)
-    else:
-        fractions = taus if c.distributional == "iqn" else (jnp.arange(c.num_quantiles) + 0.5) / c.num_quantiles
-        per_item = losses.quantile_huber(out, goal, fractions, c.kappa)
-    return per_item.mean(), {"q_mean": _taken(q, b["action"]).mean()}
+        target_entropy = -(goal * jnp.log(jnp.where(goal > 0, goal, 1.0))).sum(-1)
+        return per_item, jnp.maximum(per_item - target_entropy, 0.0), q  # KL = cross-entropy - entropy
+    fractions = taus if c.distributional == "iqn" else (jnp.arange(c.num_quantiles) + 0.5) / c.num_quantiles
+    per_item = losses.quantile_huber(out, goal, fractions, c.kappa)
+    return per_item, per_item, q
+
+
+def loss(ctx: Context, params: dict, goal: jax.Array, b: dict, weight: jax.Array | float,
+         key: jax.Array) -> tuple[jax.Array, dict]:
+    """The mean over the minibatch of each item's loss times its importance ``weight``."""
+    per_item, _, q = item_losses(ctx, params, goal, b, key)
+    return (weight * per_item).mean(), {"q_mean": q.mean()}
+
+
+LOSS_STREAM = 2  # a gradient step's fractions and noise come from fold_in(step_key, LOSS_STREAM)
+
+
+def loss_keys(step_key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The keys of a gradient step's online and target passes (IQN's fractions, the noise); the
+    minibatch is drawn with ``step_key`` itself. Not ``fold_in(step_key, 1)``: with JAX's
+    partitionable threefry ``split(k, n)[i] == fold_in(k, i)``, so that key is the uniform
+    draw's time key, whose own splits (inside ``randint``) are that key's children: the online
+    fractions reused the bits that chose the drawn steps."""
+    return tuple(jax.random.split(jax.random.fold_in(step_key, LOSS_STREAM)))
 
 
 def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple[State, dict]:
@@ -268,14 +340,23 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
     opt = optimizer(ctx)
 
     def update(agent: State, step_key: jax.Array, step: jax.Array) -> tuple[State, dict]:
-        loss_key = jax.random.fold_in(step_key, 1)  # IQN's fractions (the sample keeps step_key's stream)
-        batch = replay.sample_nstep(agent.buffer, step_key, c.batch_size // ctx.devices, c.n_step, hp["gamma"])
+        k_online, k_target = loss_keys(step_key)
+        drawn = replay.draw(agent.buffer, step_key, c.batch_size // ctx.devices, c.n_step, c.prioritized)
+        batch = replay.nstep_at(agent.buffer, drawn, c.n_step, hp["gamma"])
         batch = {**batch, "obs": ctx.normalize(batch["obs"]), "next_obs": ctx.normalize(batch["next_obs"])}
+        goal = jax.lax.stop_gradient(td_target(ctx, agent.params, agent.target_params, batch, k_target))
+        weight = replay.importance_weights(drawn, priority_beta(ctx), ctx.axis) if c.prioritized else 1.0
         params, opt_state, metrics = opt.step(
-            ctx, agent.params, agent.opt_state, lambda p, b: loss(ctx, p, agent.target_params, b, loss_key), batch)
+            ctx, agent.params, agent.opt_state, lambda p, b: loss(ctx, p, goal, b, weight, k_online), batch)
+        buffer = agent.buffer
+        if c.prioritized:  # the items' errors before the step (as the loss saw them: same noise, same fractions)
+            priority = item_losses(ctx, agent.params, goal, batch, k_online)[1] + hp["priority_eps"]
+            buffer = replay.update_priorities(buffer, drawn, priority, hp["priority_alpha"])
+            metrics = {**metrics, "importance_weight": ctx.mean(weight)}
         updates = agent.updates + 1
         target = targets.update(agent.target_params, params, hp["tau"], updates, c.target_update_interval)
-        return agent.replace(params=params, target_params=target, opt_state=opt_state, updates=updates), metrics
+        return agent.replace(params=params, target_params=target, opt_state=opt_state, updates=updates,
+                             buffer=buffer), metrics
 
     agent, metrics = replay.update_after_warmup(ctx, agent, key, update, c.updates_per_iteration, c.learning_starts)
     return agent, {**metrics, "lr": opt.learning_rate(ctx), "epsilon": epsilon(ctx)}

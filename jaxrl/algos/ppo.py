@@ -109,9 +109,7 @@ class Config(cfg.Config):
         cfg.require(self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}")
         cfg.require(self.ent_coef >= 0, f"ent_coef must be >= 0, got {self.ent_coef}")
         cfg.require(self.vf_coef >= 0, f"vf_coef must be >= 0, got {self.vf_coef}")
-        cfg.require(self.objective in OBJECTIVES,
-                    f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
-                    + cfg.suggest(self.objective, list(OBJECTIVES)))
+        cfg.require_one_of("objective", self.objective, OBJECTIVES)
         cfg.require(self.kl_target > 0, f"kl_target must be > 0, got {self.kl_target}")
         cfg.require(self.kl_coef > 0, f"kl_coef must be > 0 (it is doubled and halved), got {self.kl_coef}")
         cfg.require(self.dpo_alpha > 0, f"dpo_alpha must be > 0, got {self.dpo_alpha}")
@@ -120,9 +118,7 @@ class Config(cfg.Config):
         cfg.require(self.drift == "dpo" or self.objective == "dpo",
                     f"drift={self.drift!r} is used only by objective 'dpo', not {self.objective!r}")
         drift_function(self.drift)  # a ConfigError unless it names a function
-        cfg.require(self.recurrent in RECURRENT,
-                    f"recurrent must be one of {', '.join(RECURRENT)}, got {self.recurrent!r}"
-                    + cfg.suggest(self.recurrent, list(RECURRENT)))
+        cfg.require_one_of("recurrent", self.recurrent, RECURRENT)
         cfg.require(self.rnn_size >= 1, f"rnn_size must be >= 1, got {self.rnn_size}")
         if self.recurrent == "none":
             cfg.require(self.rnn_size == 128, f"rnn_size={self.rnn_size} is used only by a recurrent policy "
@@ -133,9 +129,7 @@ class Config(cfg.Config):
                         f"divide into num_minibatches = {self.num_minibatches}")
 
         cfg.require(self.actor_lag >= 0, f"actor_lag must be >= 0 (updates the acting policy lags), got {self.actor_lag}")
-        cfg.require(self.advantage in ADVANTAGES,
-                    f"advantage must be one of {', '.join(ADVANTAGES)}, got {self.advantage!r}"
-                    + cfg.suggest(self.advantage, list(ADVANTAGES)))
+        cfg.require_one_of("advantage", self.advantage, ADVANTAGES)
         cfg.require(self.rho_bar > 0, f"rho_bar must be > 0, got {self.rho_bar}")
         cfg.require(self.c_bar > 0, f"c_bar must be > 0, got {self.c_bar}")
         cfg.require(self.baseline or self.advantage == "gae",
@@ -195,8 +189,8 @@ def network(ctx: Context) -> ActorCritic | RecurrentActorCritic:
     c, s = ctx.config, ctx.spec
     if is_recurrent(c):
         return RecurrentActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape,
-                                    c.recurrent, c.rnn_size)
-    return ActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape)
+                                    c.recurrent, c.rnn_size, conv=c.conv)
+    return ActorCritic(s.action_dim, s.discrete, c.hidden, c.activation, s.obs_shape, c.conv)
 
 
 def init_carry(ctx: Context) -> Any:

@@ -80,7 +80,8 @@ class State(struct.PyTreeNode):
 def network(ctx: Context) -> networks.QNetwork:
     """The Q-network: the one place its torso is chosen."""
     c, s = ctx.config, ctx.spec
-    return networks.QNetwork(s.action_dim, c.hidden, c.activation, obs_shape=s.obs_shape, layer_norm=c.layer_norm)
+    return networks.QNetwork(s.action_dim, c.hidden, c.activation, obs_shape=s.obs_shape, layer_norm=c.layer_norm,
+                             conv=c.conv)
 
 
 def optimizer(ctx: Context) -> Optimizer:

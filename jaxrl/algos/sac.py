@@ -80,9 +80,9 @@ class State(struct.PyTreeNode):
 def actor_net(ctx: Context) -> networks.TanhGaussianActor | networks.CategoricalActor:
     c, s = ctx.config, ctx.spec
     if s.discrete:
-        return networks.CategoricalActor(s.action_dim, c.hidden, c.activation, c.layer_norm, s.obs_shape)
+        return networks.CategoricalActor(s.action_dim, c.hidden, c.activation, c.layer_norm, s.obs_shape, c.conv)
     low, high = s.action_bounds
-    return networks.TanhGaussianActor(low, high, c.hidden, c.activation, c.layer_norm, s.obs_shape)
+    return networks.TanhGaussianActor(low, high, c.hidden, c.activation, c.layer_norm, s.obs_shape, c.conv)
 
 
 def critic_net(ctx: Context) -> networks.QCriticEnsemble | networks.DiscreteCriticEnsemble:
@@ -90,9 +90,9 @@ def critic_net(ctx: Context) -> networks.QCriticEnsemble | networks.DiscreteCrit
     hidden = c.critic_hidden or c.hidden
     if s.discrete:
         return networks.DiscreteCriticEnsemble(s.action_dim, hidden, c.num_critics, c.activation, c.layer_norm,
-                                               s.obs_shape)
+                                               s.obs_shape, c.conv)
     return networks.QCriticEnsemble(hidden, c.num_critics, c.activation, c.layer_norm, c.quantiles or None,
-                                    s.obs_shape)
+                                    s.obs_shape, c.conv)
 
 
 def alpha_optimizer() -> Optimizer:

@@ -49,8 +49,7 @@ class Config(ac.Config):
 
     def validate(self) -> None:
         super().validate()
-        cfg.require(self.exploration in EXPLORATION,
-                    f"exploration must be one of {', '.join(EXPLORATION)}, got {self.exploration!r}")
+        cfg.require_one_of("exploration", self.exploration, EXPLORATION)
         for name in ("exploration_noise", "target_noise", "target_noise_clip"):
             cfg.require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         if self.exploration == "per_env":
@@ -75,13 +74,14 @@ class State(struct.PyTreeNode):
 
 def actor_net(ctx: Context) -> networks.DeterministicActor:
     c, (low, high) = ctx.config, ctx.spec.action_bounds
-    return networks.DeterministicActor(low, high, c.hidden, c.activation, c.layer_norm, ctx.spec.obs_shape)
+    return networks.DeterministicActor(low, high, c.hidden, c.activation, c.layer_norm, ctx.spec.obs_shape,
+                                       c.conv)
 
 
 def critic_net(ctx: Context) -> networks.QCriticEnsemble:
     c = ctx.config
     return networks.QCriticEnsemble(c.critic_hidden or c.hidden, c.num_critics, c.activation, c.layer_norm,
-                                    obs_shape=ctx.spec.obs_shape)
+                                    obs_shape=ctx.spec.obs_shape, conv=c.conv)
 
 
 def init(ctx: Context, key: jax.Array) -> State:
