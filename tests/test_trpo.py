@@ -21,7 +21,9 @@ import jaxrl
 from jaxrl.algos import ppo, trpo
 from jaxrl.config import ConfigError
 from jaxrl.core import Context, Transition
+from jaxrl import loop
 from jaxrl.envs import probes
+from jaxrl.rollout import make_rollout
 from tests.conftest import context, on_every_probe, probe_obs
 
 TINY = dict(hidden=[3], total_steps=64, num_envs=4, num_steps=16, value_minibatches=2)
@@ -72,7 +74,7 @@ def test_fisher_vector_product_is_the_kl_hessian_times_a_vector(env):
     kl = _explicit_kl(ctx.spec.discrete)
     v = jax.random.normal(jax.random.key(2), flat.shape)
     hessian, fvp = jax.jit(lambda v: (jax.hessian(lambda x: kl(jax.lax.stop_gradient(outputs(flat)), outputs(x)))(flat),
-                                      trpo.fisher_product(ctx, params, obs)(v)))(v)
+                                      trpo.fisher_product(ctx, params, {"obs": obs})(v)))(v)
     assert np.abs(hessian @ v).max() > 1e-3  # a real curvature
     np.testing.assert_allclose(fvp, hessian @ v, rtol=1e-4, atol=1e-6)
     # the value function's parameters have no curvature (they do not change the policy)
@@ -132,8 +134,8 @@ def test_policy_step_respects_the_trust_region_and_keeps_params_when_advantages_
     net = ppo.network(ctx)
     old = net.apply(params, obs, method=ppo.ActorCritic.policy)
     advantage = 1.0 - jnp.square(action - old.mean()).sum(-1)
-    step = jax.jit(lambda a, kl: trpo.policy_step(ctx._replace(hp={**ctx.hp, "max_kl": kl}), params, obs, action,
-                                                  log_prob, a))
+    data = {"obs": obs, "action": action, "log_prob": log_prob}
+    step = jax.jit(lambda a, kl: trpo.policy_step(ctx._replace(hp={**ctx.hp, "max_kl": kl}), params, data, a))
     for max_kl in (0.01, 1.0):
         new, metrics = step(advantage, jnp.float32(max_kl))
         new_pi = net.apply(new, obs, method=ppo.ActorCritic.policy)
@@ -145,6 +147,49 @@ def test_policy_step_respects_the_trust_region_and_keeps_params_when_advantages_
     assert metrics["accepted"] == 0.0 and metrics["step_fraction"] == 0.0
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_recurrent_trpo_steps_the_memory_in_the_trust_region_and_fits_only_the_critic():
+    """``recurrent: gru``: on a rollout of the masked CartPole (episode starts mid-stream), the
+    policy step's surrogate and KL replay the env streams from their start carry (the acting
+    log-probabilities exactly); the step moves the embedding and the cell with the actor and keeps
+    the true mean KL of the replayed policies within ``max_kl``; the value fit then changes the
+    critic alone (the cell is shared with the policy, whose step it must not undo)."""
+    config = jaxrl.load_config("trpo_cartpole", env="CartPole-v1-masked", recurrent="gru", rnn_size=8, hidden=[8],
+                               num_envs=4, num_steps=32, value_minibatches=4, total_steps=256)
+    train = jaxrl.make_train(config)
+    ctx = context(train)
+    state = jax.jit(train.init)(jax.random.key(0))
+    env, env_params = loop.make_env(config)
+    rollout = make_rollout(env, config.num_envs, config.num_steps)
+    initial = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.num_envs,) + x.shape), trpo.init_carry(ctx))
+    agent = state.agent
+
+    def act(carry, obs, key):
+        carry, pi = ppo.step_policy(ctx, agent.params, carry, obs)
+        action = pi.sample(seed=key)
+        return action, carry, {"log_prob": pi.log_prob(action)}
+
+    @jax.jit
+    def run(side):
+        _, traj, _ = rollout(side, initial, act, jax.random.key(1), env_params)
+        data = ppo.rollout_data(ctx, agent.params, traj)
+        stepped, metrics = trpo.policy_step(ctx, agent.params, data, ppo.normalized(ctx, data["advantage"]))
+        kl = ppo.forward(ctx, agent.params, data, critic=False)[0].kl_divergence(
+            ppo.forward(ctx, stepped, data, critic=False)[0]).mean()
+        learned, _ = trpo.learn(ctx, agent, traj.replace(extras={}), jax.random.key(2))
+        return traj, data, stepped, metrics, kl, learned
+
+    traj, data, stepped, metrics, kl, learned = run(state.env)
+    assert traj.first[1:].any()  # episodes start inside the streams
+    np.testing.assert_allclose(data["log_prob"], traj.extras["log_prob"], rtol=1e-5, atol=1e-5)
+    assert metrics["accepted"] == 1.0 and 0 < kl <= config.max_kl
+    assert metrics["policy_kl"] == pytest.approx(float(kl), rel=1e-4)
+    moved = lambda a, b: any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
+    before, after, fitted = (p["params"] for p in (agent.params, stepped, learned.params))
+    assert moved(before["embedding"], after["embedding"]) and moved(before["core"], after["core"])
+    for name in after:
+        assert moved(after[name], fitted[name]) == name.startswith("critic"), name
 
 
 @pytest.mark.slow  # ~16 s of CPU each: in the slow suite, with the learning tests

@@ -65,8 +65,26 @@ from jaxrl.networks import ActorCritic, RecurrentActorCritic
 from jaxrl.optim import Optimizer
 
 
+RECURRENT = ("none",) + networks.RNN_CELLS
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(cfg.Config):
+class MemoryConfig(cfg.Config):
+    """The recurrent-policy options of the algorithms on this module's network (PPO and TRPO)."""
+    recurrent: str = "none"  # one of RECURRENT: a GRU or LSTM cell between embedding and heads
+    rnn_size: int = 128  # recurrent: the cell's units
+
+    def validate(self) -> None:
+        super().validate()
+        cfg.require_one_of("recurrent", self.recurrent, RECURRENT)
+        cfg.require(self.rnn_size >= 1, f"rnn_size must be >= 1, got {self.rnn_size}")
+        if self.recurrent == "none":
+            cfg.require(self.rnn_size == 128, f"rnn_size={self.rnn_size} is used only by a recurrent policy "
+                                              f"(recurrent: gru or lstm), not recurrent: none")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(MemoryConfig):
     algo: str = "ppo"
     update_epochs: int = 4
     num_minibatches: int = 4
@@ -87,8 +105,6 @@ class Config(cfg.Config):
     drift: str = "dpo"  # dpo: "dpo" (the closed form) or the import path of fn(ratio, advantage, ctx) -> drift
     ewma_decay: float = 0.0  # PPO-EWMA's decay of the proximal policy's average (0: off, no proximal policy)
     baseline: bool = True  # advantages are returns minus the critic's values; false: the returns (REINFORCE)
-    recurrent: str = "none"  # one of RECURRENT: a GRU or LSTM cell between embedding and heads
-    rnn_size: int = 128  # recurrent: the cell's units
     actor_lag: int = 0  # IMPALA: act with the parameters of this many updates ago (0: the learner's own)
     advantage: str = "gae"  # one of ADVANTAGES: how advantages and value targets are estimated
     rho_bar: float = cfg.traced(1.0)  # vtrace: clip of the importance weights (targets and policy gradient)
@@ -118,12 +134,7 @@ class Config(cfg.Config):
         cfg.require(self.drift == "dpo" or self.objective == "dpo",
                     f"drift={self.drift!r} is used only by objective 'dpo', not {self.objective!r}")
         drift_function(self.drift)  # a ConfigError unless it names a function
-        cfg.require_one_of("recurrent", self.recurrent, RECURRENT)
-        cfg.require(self.rnn_size >= 1, f"rnn_size must be >= 1, got {self.rnn_size}")
-        if self.recurrent == "none":
-            cfg.require(self.rnn_size == 128, f"rnn_size={self.rnn_size} is used only by a recurrent policy "
-                                              f"(recurrent: gru or lstm), not recurrent: none")
-        else:
+        if self.recurrent != "none":
             cfg.require(self.num_envs % self.num_minibatches == 0,
                         f"recurrent: minibatches are whole env streams, but num_envs = {self.num_envs} does not "
                         f"divide into num_minibatches = {self.num_minibatches}")
@@ -139,7 +150,6 @@ class Config(cfg.Config):
 
 OBJECTIVES = ("clip", "kl", "spo", "mdpo", "dpo", "pg")
 ADVANTAGES = ("gae", "vtrace")  # GAE (on-policy) or V-trace (off-policy corrected, IMPALA)
-RECURRENT = ("none",) + networks.RNN_CELLS
 
 
 def drift_function(name: str) -> Callable | None:
@@ -180,8 +190,7 @@ class State(struct.PyTreeNode):
 
 
 def is_recurrent(config: cfg.Config) -> bool:
-    """Whether ``config`` asks for a recurrent policy (``recurrent: gru | lstm``). False for the
-    configs of algorithms that use this module's network without the option (TRPO's)."""
+    """Whether ``config`` asks for a recurrent policy (``recurrent: gru | lstm``)."""
     return getattr(config, "recurrent", "none") != "none"
 
 

@@ -14,6 +14,13 @@ Per iteration, on PPO's network, rollout values and GAE (:func:`jaxrl.algos.ppo.
 3. the value function is fitted on its own: ``value_epochs`` passes of ``value_minibatches``
    minibatches of squared error to the GAE targets, with Adam at ``value_lr``.
 
+``recurrent: gru | lstm`` (PPO's option, :class:`jaxrl.networks.RecurrentActorCritic`): the
+policy's surrogate, KL and Fisher matrix replay the rollout's env streams from the carry they
+started with (:func:`jaxrl.algos.ppo.forward`), so the natural-gradient step moves the embedding
+and the cell with the actor. The cell is shared with the critic, so the value fit trains the
+critic's head alone, on the memory features of the policy just updated (computed once): it
+leaves the policy where the trust-region step put it.
+
 Data parallel: the gradient, the Fisher-vector products, the surrogate and the KL are means over
 every device's transitions, so every device computes the same step and takes the same accept
 decision.
@@ -28,23 +35,24 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxrl import batching, losses, optim
+from jaxrl import batching, losses, networks, optim
 from jaxrl import config as cfg
 from jaxrl.algos import ppo
 from jaxrl.core import Context, Spec, Transition
-from jaxrl.networks import ActorCritic
+from jaxrl.networks import ActorCritic, RecurrentActorCritic
 from jaxrl.optim import Optimizer
 
 # TRPO's agent is PPO's: the params of the same actor-critic network (``opt_state`` is the value
 # function's Adam: the policy moves by natural-gradient steps, without an optimizer state), and it
-# acts and is evaluated as PPO's
+# acts and is evaluated as PPO's (with a recurrent policy, its carry is the cell's state)
 State = ppo.State
 act = ppo.act
 policy = ppo.policy
+init_carry = ppo.init_carry
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(cfg.Config):
+class Config(ppo.MemoryConfig):
     algo: str = "trpo"
     max_kl: float = cfg.traced(0.01)  # delta: the bound on the mean KL[old, new] of one policy update
     cg_damping: float = cfg.traced(0.1)  # added to the Fisher matrix's diagonal in conjugate gradient
@@ -131,40 +139,41 @@ def mean_grad(ctx: Context, per_item: Callable[[jax.Array], jax.Array]) -> Calla
     return lambda x: optim.grad(ctx, lambda y: (per_item(y).mean(), {}), x)[0]
 
 
-def policy_of(ctx: Context, unravel: Callable[[jax.Array], dict], obs: jax.Array) -> Callable:
-    """``x -> `` the policy at ``obs`` of the parameters whose flat vector is ``x``."""
-    return lambda x: ppo.network(ctx).apply(unravel(x), obs, method=ActorCritic.policy)
+def policy_of(ctx: Context, unravel: Callable[[jax.Array], dict], data: dict) -> Callable:
+    """``x -> `` the policy at ``data``'s observations of the parameters whose flat vector is
+    ``x`` (a recurrent one replays ``data``'s sequences: :func:`jaxrl.algos.ppo.forward`)."""
+    return lambda x: ppo.forward(ctx, unravel(x), data, critic=False)[0]
 
 
-def fisher_product(ctx: Context, params: dict, obs: jax.Array) -> Callable[[jax.Array], jax.Array]:
+def fisher_product(ctx: Context, params: dict, data: dict) -> Callable[[jax.Array], jax.Array]:
     """``v -> F v`` for flat vectors ``v`` (in ``ravel_pytree(params)`` order), where ``F`` is
     the Fisher matrix of the policy at ``params``: the Hessian at ``x = params`` of the mean
-    ``KL[pi_params, pi_x]`` over ``obs`` (every device's), by forward-over-reverse
-    differentiation (jvp of the gradient, linearized once), never formed."""
+    ``KL[pi_params, pi_x]`` over ``data``'s observations (every device's), by
+    forward-over-reverse differentiation (jvp of the gradient, linearized once), never formed."""
     flat, unravel = ravel_pytree(params)
-    pi = policy_of(ctx, unravel, obs)
+    pi = policy_of(ctx, unravel, data)
     old = pi(flat)  # a constant: only the second argument of the KL varies
     return jax.linearize(mean_grad(ctx, lambda x: old.kl_divergence(pi(x))), flat)[1]
 
 
-def policy_step(ctx: Context, params: dict, obs: jax.Array, action: jax.Array, log_prob: jax.Array,
-                advantage: jax.Array) -> tuple[dict, dict]:
-    """One TRPO policy update of ``params`` from a batch (this device's share): the natural
-    gradient step, scaled to the trust region ``max_kl`` and line-searched; returns the new
-    params and metrics. ``log_prob`` are the batch's log-probabilities under ``params``."""
+def policy_step(ctx: Context, params: dict, data: dict, advantage: jax.Array) -> tuple[dict, dict]:
+    """One TRPO policy update of ``params`` from a batch (this device's share of the rollout:
+    :func:`jaxrl.algos.ppo.rollout_data`): the natural gradient step, scaled to the trust region
+    ``max_kl`` and line-searched; returns the new params and metrics. ``data["log_prob"]`` are
+    the batch's log-probabilities under ``params``."""
     c, hp = ctx.config, ctx.hp
     flat, unravel = ravel_pytree(params)
-    pi = policy_of(ctx, unravel, obs)
+    pi = policy_of(ctx, unravel, data)
     old = pi(flat)
 
     def surrogate(x: jax.Array) -> jax.Array:  # per item
-        return jnp.exp(pi(x).log_prob(action) - log_prob) * advantage
+        return jnp.exp(pi(x).log_prob(data["action"]) - data["log_prob"]) * advantage
 
     def damped(v: jax.Array) -> jax.Array:
         return fisher(v) + hp["cg_damping"] * v
 
     g = mean_grad(ctx, surrogate)(flat)
-    fisher = fisher_product(ctx, params, obs)
+    fisher = fisher_product(ctx, params, data)
     direction = conjugate_gradient(damped, g, c.cg_iters)
     curvature = direction @ damped(direction)
     step = jnp.sqrt(2.0 * hp["max_kl"] / jnp.maximum(curvature, 1e-20)) * direction  # 0 when g is 0
@@ -183,18 +192,23 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
     c = ctx.config
     data = ppo.rollout_data(ctx, agent.params, traj)  # GAE with the value function before the update
     adv = ppo.normalized(ctx, data["advantage"]) if c.normalize_advantages else data["advantage"]
-    params, metrics = policy_step(ctx, agent.params, data["obs"], data["action"], data["log_prob"], adv)
+    params, metrics = policy_step(ctx, agent.params, data, adv)
 
     opt = value_optimizer()
+    net, inputs, value_head = ppo.network(ctx), data["obs"], ActorCritic.value
+    if ppo.is_recurrent(c):  # the critic head on the new policy's memory features, per transition
+        _, features = networks.unroll(net, params, jax.tree.map(lambda x: x[0], data["carry"]), data["obs"],
+                                      data["first"])
+        inputs, value_head = features.reshape((-1, features.shape[-1])), RecurrentActorCritic.value
 
     def value_loss(p: dict, mb: dict) -> tuple[jax.Array, dict]:
-        return losses.value_loss(ppo.network(ctx).apply(p, mb["obs"], method=ActorCritic.value), mb["target"]), {}
+        return losses.value_loss(net.apply(p, mb["inputs"], method=value_head), mb["target"]), {}
 
     def value_step(state: tuple, mb: dict) -> tuple[tuple, dict]:
         params, opt_state, metrics = opt.step(ctx, *state, value_loss, mb)
         return (params, opt_state), metrics
 
-    targets = {"obs": data["obs"], "target": data["target"]}
+    targets = {"inputs": inputs, "target": data["target"].reshape(-1)}
     (params, opt_state), value_metrics = batching.epochs(value_step, (params, agent.opt_state), targets, key,
                                                          c.value_epochs, c.value_minibatches)
     return agent.replace(params=params, opt_state=opt_state), {**metrics, **value_metrics}
