@@ -64,6 +64,7 @@ MEMORY_CHAIN_THRESHOLD = 0.9
     pytest.param("pqn_cartpole", {}, 4, 100, 475.0, marks=SLOW),
     pytest.param("trpo_cartpole", {}, 4, 100, 475.0, marks=SLOW),
     pytest.param("trpo_pendulum", {}, 4, 100, -250.0, marks=SLOW),
+    pytest.param("trpo_gru_cartpole_masked", {}, 4, 100, 400.0, marks=SLOW),  # recurrent TRPO, velocities hidden
     pytest.param("impala_cartpole", {}, 4, 100, 475.0, marks=SLOW),  # the acting policy 4 updates behind
     # every PPO objective (short CartPole tests in test_ppo_objectives.py), A2C and REINFORCE
     *(pytest.param(f"{name}_cartpole", {}, 4, 100, 475.0, marks=SLOW)
