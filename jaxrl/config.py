@@ -23,6 +23,7 @@ import yaml
 
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")  # names of flax.linen activation functions
+EPISODE_STARTS = ("fresh", "first")  # where episodes start after the first: envs.wrap_for_training
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # integers enter the compiled program as int32
 FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38  # largest, smallest normal
 ON_DIVERGENCE = ("stop", "warn")  # what a host driver does when a run's learner turns non-finite
@@ -55,6 +56,10 @@ class Config:
     env_kwargs: dict = dataclasses.field(default_factory=dict)
     # domain randomization: env param -> [low, high], drawn anew for every training episode
     env_randomize: dict = dataclasses.field(default_factory=dict)
+    # where an episode starts when one ends: "fresh" (a new reset draw every episode) or "first"
+    # (each env replays its first reset state: brax's AutoResetWrapper and PureJaxRL; cheaper
+    # where resets are costly, as brax's physics, but every episode of an env starts alike)
+    episode_start: str = "fresh"
     seed: int = 0
     total_steps: int = 500_000
     num_envs: int = 4
@@ -119,6 +124,10 @@ class Config:
                  f"conv must list convolutions as [features, kernel, stride] of positive integers, got "
                  f"{[list(layer) for layer in self.conv]}")
         require_one_of("activation", self.activation, ACTIVATIONS)
+        require_one_of("episode_start", self.episode_start, EPISODE_STARTS)
+        require(self.episode_start == "fresh" or not self.env_randomize,
+                "episode_start: first replays each env's first reset state, so env_randomize's per-episode draws "
+                "would never happen: use episode_start: fresh")
         require(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
         require(self.eval_every <= self.num_iterations,
                  f"eval_every={self.eval_every} is more than the run's {self.num_iterations} iterations, "

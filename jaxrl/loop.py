@@ -115,7 +115,7 @@ def make_env(config: Config) -> tuple[envs.Environment, Any]:
     ``config.env_randomize``) and its nominal params, or a ConfigError."""
     try:
         env, params = envs.make(config.env, **config.env_kwargs)
-        return envs.wrap_for_training(env, config.env_randomize, params), params
+        return envs.wrap_for_training(env, config.env_randomize, params, config.episode_start), params
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
