@@ -25,6 +25,7 @@ from jaxrl.envs import (
     EpisodeStats,
     FlattenObservation,
     RescaleAction,
+    ResetToFirst,
     TimeLimit,
     make,
     register,
@@ -165,6 +166,31 @@ def test_auto_reset_resets_fresh_and_keeps_final_obs():
     # Each episode starts from a fresh draw: the starts of all episodes are distinct.
     starts = np.concatenate([first_obs[None, :, 0], obs[terminated][:, 0].reshape(3, 2)])
     assert len(np.unique(starts)) == starts.size
+
+
+def test_reset_to_first_replays_each_envs_first_state_and_keeps_final_obs():
+    """`episode_start: first` (brax's AutoResetWrapper): after a done step each env is back at the
+    state its first reset drew (envs differ from each other, episodes of one env do not);
+    `final_obs` holds what the step produced; a time limit restarts from the first state too."""
+    params = CountdownParams(length=3)
+    first_obs, (obs, _, terminated, _, info) = rollout(
+        ResetToFirst(Countdown()), params, jax.random.key(0), num_envs=2, num_steps=9
+    )
+    np.testing.assert_array_equal(terminated[:, 0], [False, False, True] * 3)
+    np.testing.assert_array_equal(info["final_obs"][:, 0, 1], [1, 2, 3] * 3)
+    np.testing.assert_array_equal(obs[terminated].reshape(3, 2, 2), np.broadcast_to(first_obs, (3, 2, 2)))
+    np.testing.assert_array_equal(obs[:, :, 0], np.broadcast_to(first_obs[:, 0], (9, 2)))  # the same start
+    assert first_obs[0, 0] != first_obs[1, 0]
+    _, (obs, _, _, truncated, _) = rollout(
+        ResetToFirst(TimeLimit(Countdown(), 2)), CountdownParams(length=5), jax.random.key(1), 1, 6
+    )
+    np.testing.assert_array_equal(truncated[:, 0], [False, True] * 3)
+    np.testing.assert_array_equal(obs[:, 0, 1], [1, 0] * 3)  # the time limit's counter restarts
+    assert isinstance(wrap_for_training(Countdown(), episode_start="first").env, ResetToFirst)
+    with pytest.raises(ValueError, match="per-episode draws"):
+        wrap_for_training(Countdown(), {"length": (2, 4)}, episode_start="first")
+    with pytest.raises(ValueError, match="episode_start must be one of fresh, first"):
+        wrap_for_training(Countdown(), episode_start="cached")
 
 
 def test_episode_stats_exact_inside_and_outside_auto_reset():
