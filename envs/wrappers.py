@@ -104,10 +104,10 @@ class ResetToFirst(Wrapper):
     """Starts a new episode whenever one ends, from the state the env's first `reset` drew.
 
     The episode starts of brax's `AutoResetWrapper` (and of PureJaxRL, which uses it): no reset
-    is computed while stepping, which matters where a reset costs about as much as a step
-    (brax's physics: `AutoReset` on hopper at 32k envs costs ~40% of the env step), at the price
-    of less diverse starts: each env replays one initial state. `info["final_obs"]` as in
-    `AutoReset`. Chosen with the config's `episode_start: first`.
+    is computed while stepping, which saves where resets are costly (brax's physics: +2% env
+    steps/s for PPO on hopper with PureJaxRL's settings at 16 seeds), at the price of less
+    diverse starts: each env replays one initial state. `info["final_obs"]` as in `AutoReset`.
+    Chosen with the config's `episode_start: first`.
     """
 
     def reset(self, key: jax.Array, params: Params) -> tuple[jax.Array, FirstStartState]:
