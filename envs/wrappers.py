@@ -407,6 +407,16 @@ class RescaleAction(Wrapper):
 EPISODE_STARTS = ("fresh", "first")  # AutoReset, ResetToFirst
 
 
+def check_episode_start(episode_start: str, randomize: dict[str, Any] | None = None) -> None:
+    """A ValueError unless `episode_start` is one of `EPISODE_STARTS` and works with `randomize`
+    (`"first"` never resets, so per-episode draws would never happen)."""
+    if episode_start not in EPISODE_STARTS:
+        raise ValueError(f"episode_start must be one of {', '.join(EPISODE_STARTS)}, got {episode_start!r}")
+    if episode_start == "first" and randomize:
+        raise ValueError("episode_start: first replays each env's first reset state, so env_randomize's "
+                         "per-episode draws would never happen: use episode_start: fresh")
+
+
 def wrap_for_training(env: Environment, randomize: dict[str, Any] | None = None,
                       params: Params | None = None, episode_start: str = "fresh") -> Environment:
     """The standard training stack: auto-reset with episode statistics on top; with `randomize`
@@ -414,12 +424,8 @@ def wrap_for_training(env: Environment, randomize: dict[str, Any] | None = None,
     (:class:`RandomizeParams`, inside the auto-reset). `episode_start="first"` restarts each
     env from its first reset state instead (:class:`ResetToFirst`; not with `randomize`, whose
     draws happen at resets)."""
-    if episode_start not in EPISODE_STARTS:
-        raise ValueError(f"episode_start must be one of {', '.join(EPISODE_STARTS)}, got {episode_start!r}")
+    check_episode_start(episode_start, randomize)
     if episode_start == "first":
-        if randomize:
-            raise ValueError("episode_start: first replays each env's first reset state, so the per-episode "
-                             "draws of env_randomize would never happen: use episode_start: fresh")
         return EpisodeStats(ResetToFirst(env))
     if randomize:
         env = RandomizeParams(env, randomize, env.default_params if params is None else params)

@@ -261,6 +261,14 @@ def normalized(ctx: Context, x: jax.Array) -> jax.Array:
     return (x - mean) / (jnp.sqrt(ctx.mean(jnp.square(x - mean))) + 1e-8)
 
 
+def memory_features(ctx: Context, params: dict, data: dict) -> jax.Array:
+    """A recurrent network's features ``(T, N, rnn_size)`` along ``data``'s sequences
+    (time-major ``obs``), replayed from the stored carry ``data["carry"]`` (leaves
+    ``(1, N, ...)``), reset where ``data["first"]`` is set: what its heads take."""
+    carry = jax.tree.map(lambda x: x[0], data["carry"])
+    return networks.unroll(network(ctx), params, carry, data["obs"], data["first"])[1]
+
+
 def forward(ctx: Context, params: dict, data: dict,
             critic: bool = True) -> tuple[distrax.Distribution, jax.Array | None]:
     """The policy and (with ``critic``) the value at each of ``data["obs"]``. A recurrent
@@ -271,8 +279,7 @@ def forward(ctx: Context, params: dict, data: dict,
         if not critic:
             return net.apply(params, data["obs"], method=ActorCritic.policy), None
         return net.apply(params, data["obs"])
-    carry = jax.tree.map(lambda x: x[0], data["carry"])
-    _, features = networks.unroll(net, params, carry, data["obs"], data["first"])
+    features = memory_features(ctx, params, data)
     pi = net.apply(params, features, method=RecurrentActorCritic.policy)
     return pi, (net.apply(params, features, method=RecurrentActorCritic.value) if critic else None)
 

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxrl import batching, losses, networks, optim
+from jaxrl import batching, losses, optim
 from jaxrl import config as cfg
 from jaxrl.algos import ppo
 from jaxrl.core import Context, Spec, Transition
@@ -197,8 +197,7 @@ def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple
     opt = value_optimizer()
     net, inputs, value_head = ppo.network(ctx), data["obs"], ActorCritic.value
     if ppo.is_recurrent(c):  # the critic head on the new policy's memory features, per transition
-        _, features = networks.unroll(net, params, jax.tree.map(lambda x: x[0], data["carry"]), data["obs"],
-                                      data["first"])
+        features = ppo.memory_features(ctx, params, data)
         inputs, value_head = features.reshape((-1, features.shape[-1])), RecurrentActorCritic.value
 
     def value_loss(p: dict, mb: dict) -> tuple[jax.Array, dict]:
