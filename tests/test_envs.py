@@ -191,6 +191,9 @@ def test_reset_to_first_replays_each_envs_first_state_and_keeps_final_obs():
         wrap_for_training(Countdown(), {"length": (2, 4)}, episode_start="first")
     with pytest.raises(ValueError, match="episode_start must be one of fresh, first"):
         wrap_for_training(Countdown(), episode_start="cached")
+    from jaxrl.config import EPISODE_STARTS  # the config checks the same names without importing envs
+    from jaxrl.envs.wrappers import EPISODE_STARTS as known
+    assert EPISODE_STARTS == known
 
 
 def test_episode_stats_exact_inside_and_outside_auto_reset():
