@@ -28,13 +28,14 @@ with importance-weighted ``x_t`` and ``c_t``.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jaxrl.core import vary_like
 
-__all__ = ["gae", "td_lambda", "q_lambda", "nstep_returns", "nstep_window", "vtrace"]
+__all__ = ["gae", "td_lambda", "q_lambda", "nstep_returns", "nstep_window", "vtrace", "next_values"]
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -101,6 +102,52 @@ def _reverse_linear_scan(x: Array, c: Array, last: Array) -> Array:
     init = vary_like(jnp.broadcast_to(last, x.shape[1:]).astype(x.dtype), x)  # data parallel
     _, y = lax.scan(step, init, (x, c), reverse=True, unroll=16)
     return y
+
+
+def next_values(values: Array, next_obs: Array, truncated: ArrayLike, value_fn: Callable[[Array], Array],
+                terminated: ArrayLike | None = None, chunk: int | None = None) -> Array:
+    """``next_values[t] = V(s'_t)`` for ``values (T, N, ...)`` of a rollout's ``obs``, evaluating
+    ``value_fn`` (``(B, *obs_shape) -> (B, ...)``, e.g. a critic, or all actions' Q-values) only
+    where ``s'_t`` is not ``s_{t+1}``.
+
+    Inside an episode the next state is the next step's state, so ``values[t + 1]`` serves;
+    ``value_fn`` runs on the rollout's last next states ``next_obs[T - 1]`` and on the final
+    observations of truncated episodes (``next_obs[t]`` where ``truncated[t]`` and not
+    ``terminated[t]``). A terminated step gets ``values[t + 1]``, which the estimators
+    multiply by zero. The same numbers as ``value_fn`` over all of ``next_obs``, for about
+    ``1 / T`` of its cost when truncations are rare: the truncated steps go through ``value_fn``
+    in chunks of ``chunk`` rows (default ``N``) in a ``while_loop``, as many chunks as there
+    are truncations (under ``vmap``, as the batch member with the most needs).
+    """
+    values = jnp.asarray(values)
+    if values.ndim < 2 or next_obs.shape[:2] != values.shape[:2]:
+        raise ValueError(f"values must be (T, N, ...) and next_obs (T, N, ...) with the same T and N; got "
+                         f"{values.shape}, {next_obs.shape}")
+    steps, envs = values.shape[:2]
+    need = jnp.asarray(truncated).astype(bool)
+    if terminated is not None:
+        need = need & ~jnp.asarray(terminated).astype(bool)
+    need = need.at[-1].set(False).reshape(-1)  # the last step is evaluated for every env below
+    last = jnp.asarray(value_fn(next_obs[-1]), values.dtype)
+    total = steps * envs
+    out = jnp.concatenate([values[1:], last[None]]).reshape((total,) + values.shape[2:])
+    size = chunk or envs
+    padded = -(-total // size) * size
+    # positions of the steps to evaluate first, then padding (ignored: past `count`)
+    where = jnp.nonzero(need, size=padded, fill_value=0)[0].astype(jnp.int32)
+    count = need.sum(dtype=jnp.int32)
+    flat_obs = next_obs.reshape((total,) + next_obs.shape[2:])
+
+    def body(carry: tuple[Array, Array]) -> tuple[Array, Array]:
+        start, out = carry
+        rows = lax.dynamic_slice(where, (start,), (size,))
+        valid = start + jnp.arange(size, dtype=jnp.int32) < count
+        new = jnp.asarray(value_fn(flat_obs[rows]), out.dtype)
+        return start + size, out.at[jnp.where(valid, rows, total)].set(new, mode="drop")
+
+    start = vary_like(jnp.zeros((), jnp.int32), count)  # data parallel
+    _, out = lax.while_loop(lambda carry: carry[0] < count, body, (start, out))
+    return out.reshape(values.shape)
 
 
 def gae(

@@ -618,3 +618,24 @@ def test_memory_chain_by_name_with_its_memory_length():
     assert set(np.unique(reward[[8, 17]])) <= {-1.0, 1.0} and (np.delete(reward, [8, 17], axis=0) == 0).all()
     context = np.asarray(first)[:, 2]  # +-1 at the start, 0 at the query step
     assert (np.abs(context) == 1).all() and (np.asarray(obs)[7, :, 2] == 0).all()
+
+
+@pytest.mark.parametrize("episode_start", ["fresh", "first"])
+def test_rollout_next_obs_is_the_next_obs_inside_episodes(episode_start):
+    """The contract `returns.next_values` (PPO's and PQN's bootstrap values) builds on: in the
+    loop's rollout, `next_obs[t]` is `obs[t + 1]` unless the episode ended at `t`, where it is the
+    final observation (the next obs being a reset one)."""
+    from jaxrl.rollout import EnvSide, make_rollout
+
+    env, params = envs.make("CartPole-v1")
+    env = wrap_for_training(TimeLimit(env, 15), episode_start=episode_start)  # truncations, and terminations
+    n = 8
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(0), n), params)
+    side = EnvSide(state, obs, jnp.ones(n, bool), ())
+    act = lambda carry, o, key: (jax.random.randint(key, (o.shape[0],), 0, 2), carry, {})  # noqa: E731
+    _, traj, _ = jax.jit(lambda s: make_rollout(env, n, 60)(s, (), act, jax.random.key(1), params))(side)
+    done = np.asarray(traj.terminated | traj.truncated)[:-1]
+    obs, next_obs = np.asarray(traj.obs), np.asarray(traj.next_obs)
+    assert np.asarray(traj.truncated).any() and np.asarray(traj.terminated).any() and (~done).any()
+    np.testing.assert_array_equal(next_obs[:-1][~done], obs[1:][~done])
+    assert (np.abs(next_obs[:-1][done] - obs[1:][done]).max(-1) > 0).all()

@@ -26,11 +26,14 @@ def _setup(**options):
 
 
 def _trajectory(key, T=16, N=4):
-    k = jax.random.split(key, 5)
-    obs = jax.random.normal(k[0], (T, N, 4))
-    return Transition(obs, jax.random.randint(k[1], (T, N), 0, 2), jax.random.normal(k[2], (T, N)),
-                      jax.random.uniform(k[3], (T, N)) < 0.1, jax.random.uniform(k[4], (T, N)) < 0.05,
-                      obs + 0.1, jnp.zeros((T, N), bool), {})
+    """A rollout as auto-reset envs give it: next_obs[t] is obs[t + 1] unless the episode ended."""
+    k = jax.random.split(key, 6)
+    obs = jax.random.normal(k[0], (T + 1, N, 4))
+    terminated, truncated = jax.random.uniform(k[3], (T, N)) < 0.1, jax.random.uniform(k[4], (T, N)) < 0.05
+    final = jax.random.normal(k[5], (T, N, 4))
+    next_obs = jnp.where((terminated | truncated)[..., None], final, obs[1:])
+    return Transition(obs[:-1], jax.random.randint(k[1], (T, N), 0, 2), jax.random.normal(k[2], (T, N)),
+                      terminated, truncated, next_obs, jnp.zeros((T, N), bool), {})
 
 
 def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
@@ -69,7 +72,7 @@ def test_vtrace_corrects_from_the_acting_parameters():
     log_rhos = (net.apply(learner, traj.obs, method=ppo.ActorCritic.policy).log_prob(traj.action)
                 - net.apply(acting, traj.obs, method=ppo.ActorCritic.policy).log_prob(traj.action))
     values = net.apply(learner, traj.obs, method=ppo.ActorCritic.value)
-    next_values = net.apply(learner, traj.next_obs, method=ppo.ActorCritic.value)
+    next_values = net.apply(learner, traj.next_obs, method=ppo.ActorCritic.value)  # all of them, unlike ppo
     target, adv = returns.vtrace(traj.reward, values, next_values, traj.terminated, traj.truncated, log_rhos,
                                  config.gamma, config.gae_lambda, config.rho_bar, config.c_bar, config.rho_bar)
     assert np.abs(log_rhos).max() > 1e-3

@@ -137,7 +137,7 @@ def test_learn_replays_the_acting_log_probs_before_the_update(recorded, monkeypa
     np.testing.assert_allclose(seen["log_prob"], traj.extras["log_prob"], rtol=1e-5, atol=1e-5)
     # a replay that ignored the start carry would not reproduce them
     from_zeros = traj.replace(carry=recorded.initial)
-    pi, _, _ = ppo.rollout_outputs(ctx, recorded.agent.params, from_zeros, traj.obs, traj.next_obs)
+    pi, _, _ = ppo.rollout_outputs(ctx, recorded.agent.params, from_zeros, traj.obs)
     assert np.abs(np.asarray(pi.log_prob(traj.action) - traj.extras["log_prob"])).max() > 1e-3
 
 
@@ -151,7 +151,7 @@ def test_the_hidden_state_resets_where_an_episode_starts(recorded):
     obs = traj.obs[t, n]
     _, fresh = ppo.step_policy(ctx, params, _broadcast(ppo.init_carry(ctx), len(t)), obs)
     np.testing.assert_allclose(traj.extras["logits"][t, n], fresh.logits, rtol=1e-5, atol=1e-5)  # acting
-    pi, _, _ = ppo.rollout_outputs(ctx, params, traj, traj.obs, traj.next_obs)
+    pi, _, _ = ppo.rollout_outputs(ctx, params, traj, traj.obs)
     np.testing.assert_allclose(pi.logits[t, n], fresh.logits, rtol=1e-5, atol=1e-5)  # replayed by learn
     # the test can see a leak: the carry the previous step left gives another policy there
     _, leaked = ppo.step_policy(ctx, params, jax.tree.map(lambda c: c[t - 1, n], _after_each_step(recorded)), obs)
@@ -167,7 +167,7 @@ def _after_each_step(recorded):
 
 def test_sequence_minibatches_keep_whole_streams_and_the_value_bootstrap_uses_the_memory(recorded):
     traj, ctx, params = recorded.traj, recorded.ctx, recorded.agent.params
-    pi, values, next_values = ppo.rollout_outputs(ctx, params, traj, traj.obs, traj.next_obs)
+    pi, values, next_values = ppo.rollout_outputs(ctx, params, traj, traj.obs)
     # within an episode the next observation's value is the next step's value
     same = ~np.asarray(traj.first[1:]) & ~np.asarray(traj.terminated[:-1] | traj.truncated[:-1])
     np.testing.assert_allclose(np.asarray(next_values[:-1])[same], np.asarray(values[1:])[same], rtol=1e-5, atol=1e-5)

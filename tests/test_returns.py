@@ -536,3 +536,64 @@ def test_vtrace_jit_vmap_and_validation():
             np.testing.assert_allclose(np.asarray(b[i]), np.asarray(one), rtol=RTOL, atol=ATOL)
     with pytest.raises(ValueError, match="same time-major shape"):
         vtrace(*vtrace_args(d)[:-1], d["log_rhos"][:, :2], 0.9)
+
+
+def _episodes(rng: np.random.Generator, steps: int, envs: int, end_rate: float):
+    """A rollout's obs and next_obs (T, N, 3) as an auto-reset env gives them: next_obs[t] is
+    obs[t + 1] inside an episode and a final observation (not the next obs) where one ended."""
+    obs = rng.normal(size=(steps + 1, envs, 3)).astype(np.float32)
+    terminated = rng.random((steps, envs)) < end_rate
+    truncated = rng.random((steps, envs)) < end_rate
+    final = rng.normal(size=(steps, envs, 3)).astype(np.float32)
+    ended = (terminated | truncated)[..., None]
+    return obs[:-1], np.where(ended, final, obs[1:]), terminated, truncated
+
+
+@pytest.mark.parametrize("end_rate, chunk", [(0.0, None), (0.05, None), (0.6, None), (0.3, 1), (0.3, 7)])
+def test_next_values_equal_the_value_of_every_next_observation(end_rate, chunk):
+    """Only final observations of truncated episodes and the last step are evaluated, yet the
+    result is the value function over all next observations (terminated steps excepted, whose
+    next value the estimators multiply by zero); many truncations take several chunks."""
+    from jaxrl.returns import next_values
+
+    rng = np.random.default_rng(int(end_rate * 100) + (chunk or 0))
+    obs, next_obs, terminated, truncated = _episodes(rng, 9, 5, end_rate)
+    weights = jnp.asarray([0.5, -1.0, 2.0])
+    calls = []
+
+    def value_fn(o):
+        calls.append(o.shape[0])
+        return jnp.tanh(o @ weights)
+
+    values = value_fn(jnp.asarray(obs))
+    got = jax.jit(next_values, static_argnums=(3, 5))(values, jnp.asarray(next_obs), truncated, value_fn,
+                                                      terminated, chunk)
+    want = np.tanh(next_obs @ np.asarray(weights))
+    keep = ~terminated
+    np.testing.assert_allclose(np.asarray(got)[keep], want[keep], rtol=1e-6, atol=1e-6)
+    assert np.isfinite(np.asarray(got)).all()  # terminated steps: the next step's value, multiplied by zero
+    assert sorted(calls[1:]) == sorted([5, chunk or 5])  # last step, then one chunk of rows in the loop
+    # without terminated, every truncated step bootstraps from the value function
+    got = next_values(values, jnp.asarray(next_obs), truncated, value_fn, chunk=chunk)
+    np.testing.assert_allclose(np.asarray(got)[~terminated | truncated], want[~terminated | truncated],
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_next_values_under_vmap_and_validation():
+    from jaxrl.returns import next_values
+
+    rng = np.random.default_rng(3)
+    batch = [_episodes(rng, 6, 4, rate) for rate in (0.0, 0.5, 0.9)]  # different numbers of chunks
+    obs, next_obs, terminated, truncated = (np.stack(x) for x in zip(*batch))
+    value_fn = lambda o: o.sum(-1) ** 2  # noqa: E731
+    values = value_fn(jnp.asarray(obs))
+    got = jax.jit(jax.vmap(lambda v, n, tr, te: next_values(v, n, tr, value_fn, te, chunk=2)))(
+        values, jnp.asarray(next_obs), truncated, terminated)
+    want = np.asarray(value_fn(jnp.asarray(next_obs)))
+    np.testing.assert_allclose(np.asarray(got)[~terminated], want[~terminated], rtol=1e-5)
+    q_fn = lambda o: jnp.stack([o.sum(-1), o.max(-1)], -1)  # noqa: E731 (per-action values: a trailing axis)
+    got = next_values(q_fn(jnp.asarray(obs[1])), jnp.asarray(next_obs[1]), truncated[1], q_fn, terminated[1], 3)
+    want = np.asarray(q_fn(jnp.asarray(next_obs[1])))
+    np.testing.assert_allclose(np.asarray(got)[~terminated[1]], want[~terminated[1]], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"values must be \(T, N, ...\)"):
+        next_values(values[0, 0], jnp.asarray(next_obs[0]), truncated[0], value_fn)

@@ -284,17 +284,21 @@ def forward(ctx: Context, params: dict, data: dict,
     return pi, (net.apply(params, features, method=RecurrentActorCritic.value) if critic else None)
 
 
-def rollout_outputs(ctx: Context, params: dict, traj: Transition, obs: jax.Array,
-                    next_obs: jax.Array) -> tuple[distrax.Distribution, jax.Array, jax.Array]:
+def rollout_outputs(ctx: Context, params: dict, traj: Transition,
+                    obs: jax.Array) -> tuple[distrax.Distribution, jax.Array, jax.Array]:
     """The policy and values at the rollout's (normalised) ``obs``, as the acting policy saw
-    them, and the values of its ``next_obs`` (for bootstrapping). A recurrent network replays
-    the rollout from the carry it started with; each next observation's value comes from the
-    carry its step left, so a truncated episode bootstraps with the episode's memory."""
+    them, and the values of its next observations (for bootstrapping). A feed-forward critic
+    evaluates only the next observations that are not the next step's observation
+    (:func:`jaxrl.returns.next_values`). A recurrent network replays the rollout from the carry
+    it started with; each next observation's value comes from the carry its step left, so a
+    truncated episode bootstraps with the episode's memory."""
     net = network(ctx)
     if not is_recurrent(ctx.config):
         pi, values = net.apply(params, obs)
-        return pi, values, net.apply(params, next_obs, method=ActorCritic.value)
+        value = lambda o: net.apply(params, ctx.normalize(o), method=ActorCritic.value)  # noqa: E731
+        return pi, values, returns.next_values(values, traj.next_obs, traj.truncated, value, traj.terminated)
     carries, features = networks.unroll(net, params, traj.carry, obs, traj.first)
+    next_obs = ctx.normalize(traj.next_obs)
     _, next_features = net.apply(params, carries, net.apply(params, next_obs, method=RecurrentActorCritic.embed),
                                  method=RecurrentActorCritic.step)
     value = lambda f: net.apply(params, f, method=RecurrentActorCritic.value)  # noqa: E731
@@ -378,8 +382,8 @@ def rollout_data(ctx: Context, params: dict, traj: Transition, advantage: str = 
     policy of the ``behaviour`` params (None: ``params`` themselves, on-policy).
     """
     hp = ctx.hp
-    obs, next_obs = ctx.normalize(traj.obs), ctx.normalize(traj.next_obs)
-    pi, values, next_values = rollout_outputs(ctx, params, traj, obs, next_obs)
+    obs = ctx.normalize(traj.obs)
+    pi, values, next_values = rollout_outputs(ctx, params, traj, obs)
     log_prob = pi.log_prob(traj.action)
     sequences = {"obs": obs, "first": traj.first, "carry": jax.tree.map(lambda x: x[None], traj.carry)}
     if advantage == "vtrace":

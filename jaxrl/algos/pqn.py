@@ -6,9 +6,10 @@ Acting is epsilon-greedy over ``num_envs`` parallel envs, with DQN's linear epsi
 rollout (:func:`jaxrl.returns.q_lambda`: a termination bootstraps nothing, a truncation bootstraps
 from its final observation's ``max_a Q``, and no target crosses an episode end), then takes
 ``update_epochs`` passes over ``num_minibatches`` shuffled minibatches of the squared TD error.
-The bootstrap values come from the network that acted, evaluated once on the whole rollout's
-next observations at the start of ``learn`` (its parameters have not changed since the rollout,
-so these are the rollout's own Q-values), not recomputed per minibatch. LayerNorm after every
+The bootstrap values come from the network that acted, not recomputed per minibatch: the
+Q-values it acted on (kept by ``act``; the next observation inside an episode is the next step's
+observation), and it is run again only on the rollout's last next observations and on the final
+observations of truncated episodes (:func:`jaxrl.returns.next_values`). LayerNorm after every
 hidden dense layer (``layer_norm``, on by default) is what keeps this stable without a target
 network.
 """
@@ -98,7 +99,9 @@ def _epsilon_greedy(ctx: Context, agent: State, obs: jax.Array, key: jax.Array, 
 
 
 def act(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, tuple, dict]:
-    return _epsilon_greedy(ctx, agent, obs, key, dqn.epsilon(ctx)), carry, {}
+    """Epsilon-greedy; the Q-values acted on are kept for :func:`learn`'s targets."""
+    q = network(ctx).apply(agent.params, obs)
+    return explore.epsilon_greedy(key, q, dqn.epsilon(ctx)), carry, {"q": q}
 
 
 def policy(ctx: Context, agent: State, carry: tuple, obs: jax.Array, key: jax.Array,
@@ -115,7 +118,10 @@ def loss(ctx: Context, params: dict, mb: dict) -> tuple[jax.Array, dict]:
 
 def learn(ctx: Context, agent: State, traj: Transition, key: jax.Array) -> tuple[State, dict]:
     c, hp = ctx.config, ctx.hp
-    next_q = network(ctx).apply(agent.params, ctx.normalize(traj.next_obs))  # the acting network's values
+    # the acting network's values of the next observations: those acted on at the next step, the
+    # network run only on the rollout's last next observations and truncated episodes' final ones
+    q_of = lambda obs: network(ctx).apply(agent.params, ctx.normalize(obs))  # noqa: E731
+    next_q = returns.next_values(traj.extras["q"], traj.next_obs, traj.truncated, q_of, traj.terminated)
     target = returns.q_lambda(traj.reward, next_q, traj.terminated, traj.truncated, hp["gamma"], hp["q_lambda"])
     data = {"obs": ctx.normalize(traj.obs), "action": traj.action, "target": target}
     data = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data)  # this device's transitions
