@@ -21,7 +21,7 @@ import yaml
 
 from jaxrl.compile_cache import counting, enable_compilation_cache
 from jaxrl.algos import algo_names, load_config
-from jaxrl.config import ON_DIVERGENCE, ConfigError, RoundingWarning, config_names, parse_grid, parse_overrides
+from jaxrl.config import ON_DIVERGENCE, Config, ConfigError, RoundingWarning, config_names, parse_grid, parse_overrides
 
 EPILOG = """\
 NAME_OR_PATH is a bundled config name (see `jaxrl list`) or a path to a YAML file.
@@ -236,10 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--on-divergence", choices=ON_DIVERGENCE, default=default,
                              help="when a seed's learner turns NaN or infinite: stop the run, or warn and go "
                              f"on (default {default}); either way it is reported, with the iteration")
+    for command in (parser, *sub.choices.values()):  # `--seed 100` must not be read as `--seeds 100`
+        command.allow_abbrev = False
     args, extra = parser.parse_known_args(argv)
     stray = [x for x in extra if x.startswith("-") or "=" not in x]
     if stray or (extra and args.command not in ("train", "sweep", "bench", "pbt", "tune")):
-        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        fields = {f.name for f in dataclasses.fields(Config)}
+        named = [x.lstrip("-").split("=")[0] for x in stray if x.startswith("--")]
+        hint = [f"{name}=..." for name in named if name in fields]
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}"
+                     + (f" (config values are key=value overrides: {' '.join(hint)})" if hint else ""))
     if extra:  # key=value overrides given after an option (argparse stops collecting them there)
         (args.configs if args.command == "bench" else args.overrides).extend(extra)
     if args.command in ("train", "sweep", "bench", "pbt", "tune") and args.env is not None:  # an override like any other

@@ -119,6 +119,10 @@ def test_overrides_may_follow_options_and_stray_arguments_are_refused(tmp_path, 
     with pytest.raises(SystemExit):
         main(["train", "ppo_cartpole", "--no-such-option"])
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not an abbreviation of --seeds: the config's seed, with a hint
+        main(["train", "ppo_cartpole", "--seed", "100"])
+    assert "unrecognized arguments: --seed 100 (config values are key=value overrides: seed=...)" in (
+        capsys.readouterr().err)
     with pytest.raises(SystemExit):
         main(["list", "lr=1"])
 
