@@ -221,8 +221,33 @@ def config_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
-def read_yaml(name_or_path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML file, or in the bundled config of that name."""
+def read_yaml(name_or_path: str | Path, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The mapping in a YAML file, or in the bundled config of that name.
+
+    A file may start from another config with ``base: NAME`` (a bundled name, or a path relative to
+    the file): the base's keys, with this file's keys on top (a mapping such as ``env_kwargs`` is
+    merged key by key). So a variant of a config states only what differs.
+    """
+    data = _read_one(name_or_path)
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config {str(name_or_path)!r}: 'base' must be a config name or a path, got {base!r}")
+    if Path(base).suffix in (".yaml", ".yml") and not Path(base).is_absolute() and Path(name_or_path).is_file():
+        base = str(Path(name_or_path).parent / base)
+    chain = (*_seen, str(name_or_path))
+    if base in chain:
+        raise ConfigError(f"config bases form a cycle: {' -> '.join((*chain, base))}")
+    merged = read_yaml(base, chain)
+    for key, value in data.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if both else value
+    return merged
+
+
+def _read_one(name_or_path: str | Path) -> dict[str, Any]:
+    """The mapping in one YAML file or bundled config, as written."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():

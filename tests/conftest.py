@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import os
 
-import jax
-import jax.numpy as jnp
-import pytest
+# Every program of the suite is compiled at the XLA level jaxrl's own entry points use on a CPU
+# (jaxrl.compiler_options()), also those a test jits itself: faster to compile, as users' runs are.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()
 
-import jaxrl
-from jaxrl.core import Context
+import jax  # noqa: E402  (after XLA_FLAGS)
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+import jaxrl  # noqa: E402
+from jaxrl.core import Context  # noqa: E402
 
 # In-process `jaxrl train/sweep/bench` calls must not turn on the persistent compilation cache in
 # ~/.cache for the whole test process (test_compile_cache.py runs subprocesses with their own).
 os.environ.setdefault("JAXRL_NO_COMPILE_CACHE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_compilation_cache(tmp_path_factory):
+    """One persistent compilation cache for this test session, shared by the xdist workers (their
+    temporary folders have a common parent) and removed with pytest's old temporary folders: many
+    tests compile a program another test compiled already (measured: 14% less time on four files)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if base.name.startswith("popen-gw") else base) / "jax-compilation-cache"
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+    yield
 
 
 def run(config, seeds: int = 1, hparams=None):

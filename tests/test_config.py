@@ -215,6 +215,28 @@ def test_yaml_file_errors_and_mapping_overrides(tmp_path):
     assert config.eval_env_kwargs == {"max_steps_in_episode": 5, "gravity": 5.0}  # was replaced, dropping a key
 
 
+def test_a_config_states_only_what_differs_from_its_base(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: ppo_cartpole\nenv_kwargs: {max_steps_in_episode: 50}\nlr: 1.0e-3\n")
+    (tmp_path / "deeper.yaml").write_text("base: mine.yaml\nenv_kwargs: {gravity: 20.0}\n")  # relative to the file
+    config = jaxrl.load_config(tmp_path / "deeper.yaml", num_envs=8)
+    plain = jaxrl.load_config("ppo_cartpole")
+    assert config.lr == 1e-3 and config.num_envs == 8 and config.gamma == plain.gamma
+    assert config.env_kwargs == {**plain.env_kwargs, "max_steps_in_episode": 50, "gravity": 20.0}
+    # every bundled variant equals its base with the variant's keys on top
+    variant = jaxrl.load_config("pqn_asterix_minatar")
+    assert variant == jaxrl.load_config("pqn_breakout_minatar", env="Asterix-MinAtar", total_steps=variant.total_steps)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="config bases form a cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        jaxrl.load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: [ppo_cartpole]\n")
+    with pytest.raises(ConfigError, match="'base' must be a config name or a path"):
+        jaxrl.load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: ppo_cartpol\n")
+    with pytest.raises(ConfigError, match="unknown config 'ppo_cartpol'"):
+        jaxrl.load_config(tmp_path / "d.yaml")
+
+
 @pytest.mark.parametrize("grid, message", [
     ({"env.max_steps_in_episode": [float("inf")]}, "env.max_steps_in_episode=inf is not a finite number"),
     ({"env.max_steps_in_episode": [2**31]}, "env param env.max_steps_in_episode is an integer (int32), got 2147483648"),
