@@ -236,14 +236,20 @@ def read_yaml(name_or_path: str | Path, _seen: tuple[str, ...] = ()) -> dict[str
         raise ConfigError(f"config {str(name_or_path)!r}: 'base' must be a config name or a path, got {base!r}")
     if Path(base).suffix in (".yaml", ".yml") and not Path(base).is_absolute() and Path(name_or_path).is_file():
         base = str(Path(name_or_path).parent / base)
-    chain = (*_seen, str(name_or_path))
-    if base in chain:
-        raise ConfigError(f"config bases form a cycle: {' -> '.join((*chain, base))}")
+    chain = (*_seen, _identity(name_or_path))
+    if _identity(base) in chain:
+        raise ConfigError(f"config bases form a cycle: {' -> '.join((*chain, _identity(base)))}")
     merged = read_yaml(base, chain)
     for key, value in data.items():
         both = isinstance(value, dict) and isinstance(merged.get(key), dict)
         merged[key] = {**merged[key], **value} if both else value
     return merged
+
+
+def _identity(name_or_path: str | Path) -> str:
+    """One spelling per config: a file's resolved path, else the bundled name."""
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.is_file() else str(name_or_path)
 
 
 def _read_one(name_or_path: str | Path) -> dict[str, Any]:

@@ -229,6 +229,9 @@ def test_a_config_states_only_what_differs_from_its_base(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="config bases form a cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
         jaxrl.load_config(tmp_path / "a.yaml")
+    (tmp_path / "e.yaml").write_text("base: ./e.yaml\n")  # another spelling of the same file
+    with pytest.raises(ConfigError, match="config bases form a cycle"):
+        jaxrl.load_config(tmp_path / "e.yaml")
     (tmp_path / "c.yaml").write_text("base: [ppo_cartpole]\n")
     with pytest.raises(ConfigError, match="'base' must be a config name or a path"):
         jaxrl.load_config(tmp_path / "c.yaml")
