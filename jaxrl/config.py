@@ -239,11 +239,17 @@ def read_yaml(name_or_path: str | Path, _seen: tuple[str, ...] = ()) -> dict[str
     chain = (*_seen, _identity(name_or_path))
     if _identity(base) in chain:
         raise ConfigError(f"config bases form a cycle: {' -> '.join((*chain, _identity(base)))}")
-    merged = read_yaml(base, chain)
-    for key, value in data.items():
-        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = {**merged[key], **value} if both else value
-    return merged
+    return merge_on_top(read_yaml(base, chain), data)
+
+
+def merge_on_top(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``base``'s keys with ``top``'s on top; a mapping in both (``env_kwargs``) is merged key by
+    key, so a variant or an override that sets one env kwarg keeps the others."""
+    out = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = {**out[key], **value} if both else value
+    return out
 
 
 def _identity(name_or_path: str | Path) -> str:

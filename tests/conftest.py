@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 
-# Every program of the suite is compiled at the XLA level jaxrl's own entry points use on a CPU
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxrl
+from jaxrl.core import Context
+from jaxrl.loop import CPU_COMPILER_OPTIONS
+
+# Every program of the suite is compiled with the XLA options jaxrl's own entry points use on a CPU
 # (jaxrl.compiler_options()), also those a test jits itself: faster to compile, as users' runs are.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()
-
-import jax  # noqa: E402  (after XLA_FLAGS)
-import jax.numpy as jnp  # noqa: E402
-import pytest  # noqa: E402
-
-import jaxrl  # noqa: E402
-from jaxrl.core import Context  # noqa: E402
+# XLA reads XLA_FLAGS when the first backend starts, which importing jax and jaxrl does not do.
+for _name, _value in CPU_COMPILER_OPTIONS.items():
+    if _name not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{_name}={_value}".strip()
 
 # In-process `jaxrl train/sweep/bench` calls must not turn on the persistent compilation cache in
 # ~/.cache for the whole test process (test_compile_cache.py runs subprocesses with their own).

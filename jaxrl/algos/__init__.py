@@ -13,7 +13,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from jaxrl.config import Config, ConfigError, build, read_yaml, suggest
+from jaxrl.config import Config, ConfigError, build, merge_on_top, read_yaml, suggest
 
 PROTOCOL = ("Config", "init", "act", "learn")  # what an algorithm module must define
 
@@ -52,11 +52,7 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> Config:
     data = read_yaml(name_or_path)
     if "algo" not in data and "algo" not in overrides:
         raise ConfigError(f"config {str(name_or_path)!r} has no 'algo' key; algorithms: {', '.join(algo_names())}")
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
+    data = merge_on_top(data, overrides)
     algo = data.get("algo")
     if not isinstance(algo, str):
         raise ConfigError(f"config key 'algo' must be a string, got {algo!r}")
