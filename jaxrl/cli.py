@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -319,6 +320,36 @@ def _resume_config(args: argparse.Namespace):
     return config
 
 
+RUN_STAMP = "%Y%m%d-%H%M%S"
+
+
+def claim_run_path(out: Path, stem: str, suffix: str = "") -> Path:
+    """Create and return a new ``out/STEM-DATE-TIME`` folder (or, with a ``suffix`` such as ".json",
+    an empty file), named ``...-2``, ``...-3``, ... when that name is taken.
+
+    Creating is the claim (``mkdir`` / exclusive open are atomic), so runs started in the same
+    second, by one process or several, each get their own path and nothing is overwritten.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = f"{stem}-{datetime.datetime.now():{RUN_STAMP}}"
+    n = 1
+    while True:
+        path = out / f"{stamp}{'' if n == 1 else f'-{n}'}{suffix}"
+        try:
+            if suffix:
+                path.open("x").close()
+            else:
+                path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def run_name(run_dir: Path) -> str:
+    """The config name in a run folder's name (``NAME-DATE-TIME`` or ``NAME-DATE-TIME-N``)."""
+    return re.sub(r"-\d{8}-\d{6}(-\d+)?$", "", run_dir.name)
+
+
 def _prepare_resume(args: argparse.Namespace, run_dir: Path) -> tuple[int, int | None]:
     """Seed count and chunk size of the run being resumed (from its newest checkpoint)."""
     from jaxrl.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
@@ -377,12 +408,11 @@ def _train(args: argparse.Namespace, config) -> int:
         run_dir = Path(args.resume)
         args.seeds, args.chunk_size = _prepare_resume(args, run_dir)
         name = json.loads((run_dir / "summary.json").read_text())["config"] \
-            if (run_dir / "summary.json").is_file() else run_dir.name.rsplit("-", 2)[0]
+            if (run_dir / "summary.json").is_file() else run_name(run_dir)
     else:
         args.seeds = args.seeds or 1
         name = Path(args.config).stem
-        run_dir = Path(args.out) / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-        run_dir.mkdir(parents=True, exist_ok=False)
+        run_dir = claim_run_path(Path(args.out), name)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.touch()
@@ -506,8 +536,7 @@ def _sweep(args: argparse.Namespace, config) -> int:
     with counting() as cache:
         result = sweep(config, seeds=args.seeds, grid=grid, batch_size=batch, separate=args.separate,
                        on_divergence=args.on_divergence)
-    run_dir = Path(args.out) / f"sweep-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    run_dir.mkdir(parents=True, exist_ok=False)
+    run_dir = claim_run_path(Path(args.out), f"sweep-{name}")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     result.to_dataframe().to_csv(run_dir / "results.csv", index=False)
     np.savez_compressed(run_dir / "metrics.npz", **result.metrics)
@@ -602,9 +631,8 @@ def _pbt(args: argparse.Namespace, config) -> int:
     print(f"jaxrl pbt {name}: {config.algo} on {config.env}, {args.seeds} population(s) of {args.population}, "
           f"exploit every {args.interval} iterations{' (off: --no-exploit)' if args.no_exploit else ''}, "
           f"explore {explore}" + (f"; resuming {args.resume}" if args.resume else ""), flush=True)
-    run_dir = Path(args.resume) if args.resume else Path(args.out) / f"pbt-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(args.resume) if args.resume else claim_run_path(Path(args.out), f"pbt-{name}")
     if not args.resume:
-        run_dir.mkdir(parents=True, exist_ok=False)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         settings = {k: getattr(args, k) for k in PBT_SETTINGS} | {"explore": explore}
         (run_dir / "pbt.json").write_text(json.dumps(settings, indent=2) + "\n")
@@ -691,7 +719,7 @@ def _tune(args: argparse.Namespace, config) -> int:
     with counting() as cache:
         result = tune(config, space, args.budget, args.tuning_seeds, args.test_seeds, method=args.method,
                       interval=args.interval, **options)
-    run_dir = result.save(Path(args.out) / f"tune-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    run_dir = result.save(claim_run_path(Path(args.out), f"tune-{name}"))
     plots.save(plots.tuning(result), run_dir / "tune.png", close=True)
     report = result.report()
 
@@ -790,8 +818,11 @@ def _bench(args: argparse.Namespace) -> int:
             stop = entry["stopped"]
             print(f"{entry['config_name']}: stopped at {stop['seeds']} seed(s) ({stop['reason']}): {stop['message']}")
     stem = "+".join(configs)
-    path = Path(args.json or f"runs/bench-{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        path = claim_run_path(Path("runs"), f"bench-{stem}", ".json")
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"json: {path}")
     if args.plot:

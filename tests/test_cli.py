@@ -205,3 +205,40 @@ def test_eval_over_a_grid_of_env_params(tmp_path, capsys):
                          (["gravity=x"], "finite numbers")]:
         assert main(["eval", str(run_dir), "--grid", *bad]) == 2, bad
         assert message in capsys.readouterr().err, bad
+
+
+CLAIM_IN_A_LOOP = """
+import datetime, sys
+from pathlib import Path
+import jaxrl.cli as cli
+
+class Frozen(datetime.datetime):  # every claim in the same second
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.datetime(2026, 1, 2, 3, 4, 5)
+
+cli.datetime.datetime = Frozen
+out, suffix = Path(sys.argv[1]), sys.argv[2]
+sys.stdin.readline()  # start together
+print(" ".join(cli.claim_run_path(out, "ppo_cartpole", suffix).name for _ in range(25)))
+"""
+
+
+@pytest.mark.parametrize("suffix", ["", ".json"])
+def test_runs_started_in_the_same_second_get_their_own_paths(tmp_path, suffix):
+    """Two processes claiming run folders (or bench files) in the same second never share one."""
+    import subprocess
+    import sys
+
+    from jaxrl.cli import run_name
+
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIM_IN_A_LOOP, str(tmp_path), suffix],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate("go\n", timeout=60)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    names = outputs[0] + outputs[1]
+    assert len(set(names)) == 50 and sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+    stem = "ppo_cartpole-20260102-030405"
+    assert {n.removesuffix(suffix) for n in names} == {stem} | {f"{stem}-{i}" for i in range(2, 51)}
+    if not suffix:
+        assert {run_name(tmp_path / n) for n in names} == {"ppo_cartpole"}
