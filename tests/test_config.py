@@ -66,6 +66,7 @@ def test_traced_and_static_fields():
     ("iqn_cartpole", {"risk": "cvar", "risk_eta": 0.0}, "cvar needs risk_eta in"),
     ("iqn_cartpole", {"risk": "pessimistic"}, "risk must be one of neutral, cvar, wang"),
     ("iqn_cartpole", {"num_taus": 0}, "num_taus must be >= 1"),
+    ("qrdqn_cartpole", {"stratified_taus": True}, "stratified_taus draws IQN's acting fractions"),
     ("mdqn_cartpole", {"distributional": "qr", "num_quantiles": 8}, "munchausen works on scalar Q-values"),
     ("mdqn_cartpole", {"double": True}, "set double: false"),
     ("mdqn_cartpole", {"n_step": 3}, "n_step must be 1"),

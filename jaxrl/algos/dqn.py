@@ -90,6 +90,7 @@ class Config(replay.Config):
     num_cosines: int = 64  # iqn: the embedding's cosines
     kappa: float = 1.0  # qr, iqn: the quantile Huber loss's threshold (0: plain quantile loss)
     risk: str = "neutral"  # iqn: distortion of the acting fractions (neutral | cvar | wang)
+    stratified_taus: bool = False  # iqn: draw the acting fractions one per stratum [i/K, (i+1)/K)
     munchausen: bool = False
     prioritized: bool = False  # prioritized replay (proportional)
     noisy: bool = False  # factorised-Gaussian noisy layers
@@ -142,6 +143,8 @@ class Config(replay.Config):
         cfg.require(self.kappa >= 0, f"kappa must be >= 0, got {self.kappa}")
         if self.risk == "cvar":
             cfg.require(0 < self.risk_eta <= 1, f"risk: cvar needs risk_eta in (0, 1], got {self.risk_eta}")
+        cfg.require(not self.stratified_taus or self.distributional == "iqn",
+                    "stratified_taus draws IQN's acting fractions; it needs distributional: iqn")
         cfg.require(self.risk == "neutral" or self.distributional == "iqn",
                     f"risk={self.risk!r} distorts IQN's sampled fractions; it needs distributional: iqn")
         cfg.require(not (self.huber and self.distributional != "none"),
@@ -207,6 +210,8 @@ def outputs(ctx: Context, params: dict, obs: jax.Array, key: jax.Array, num_taus
     if c.distributional == "iqn":
         batch = obs.shape[: obs.ndim - len(ctx.spec.obs_shape)]
         taus = jax.random.uniform(key, (*batch, num_taus))
+        if acting and c.stratified_taus:  # the same mean with far less variance between draws
+            taus = (jnp.arange(num_taus) + taus) / num_taus
         if acting:
             taus = networks.distort(taus, c.risk, ctx.hp["risk_eta"])
         out = network(ctx).apply(params, obs, taus, rngs=rngs)
