@@ -24,7 +24,8 @@ by atom):
   Learning"): the quantile function itself, at fractions sampled from U[0, 1]: ``num_taus`` for
   the online quantiles, ``num_target_taus`` for the target, ``num_acting_taus`` for Q when
   choosing actions (acting and the target's greedy action), those last distorted by ``risk``
-  (``neutral``, ``cvar`` or ``wang`` with ``risk_eta``).
+  (``neutral``, ``cvar`` or ``wang`` with ``risk_eta``) and, with ``stratified_taus``, drawn one
+  per stratum ``[i/K, (i+1)/K)`` (the same Q, with far less noise between draws).
 
 ``munchausen`` (Vieillard, Pietquin and Geist, 2020, "Munchausen Reinforcement Learning")
 regresses Q on a soft target with the scaled log-policy bonus,
