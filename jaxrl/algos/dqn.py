@@ -211,9 +211,9 @@ def outputs(ctx: Context, params: dict, obs: jax.Array, key: jax.Array, num_taus
     if c.distributional == "iqn":
         batch = obs.shape[: obs.ndim - len(ctx.spec.obs_shape)]
         taus = jax.random.uniform(key, (*batch, num_taus))
-        if acting and c.stratified_taus:  # the same mean with far less variance between draws
-            taus = (jnp.arange(num_taus) + taus) / num_taus
         if acting:
+            if c.stratified_taus:  # the same mean with far less variance between draws
+                taus = (jnp.arange(num_taus) + taus) / num_taus
             taus = networks.distort(taus, c.risk, ctx.hp["risk_eta"])
         out = network(ctx).apply(params, obs, taus, rngs=rngs)
         return out, out.mean(-1), taus
