@@ -78,9 +78,14 @@ def finite(agent: Any, stats: Any, learn_metrics: Metrics) -> jax.Array:
             floats.append(x.astype(jnp.float32).ravel())
 
     map_per_device((agent, stats), keep, lambda x: None)
-    # one concatenated vector, one reduction: a check per leaf compiles into many small kernels
-    # (PPO CartPole, 16 seeds, 3 interleaved compiles: 5.95 s per leaf against 5.41 s concatenated)
-    healthy = jnp.isfinite(jnp.concatenate(floats)).all() if floats else jnp.bool_(True)
+    # One concatenated vector, one reduction: a check per leaf compiles into many small kernels
+    # (PPO CartPole, 16 seeds, 3 interleaved compiles: 5.95 s per leaf against 5.41 s concatenated).
+    # x * 0 is 0 for a finite x and NaN for an infinite or NaN one (XLA keeps float products by 0),
+    # so the sum is finite exactly when every float is: one fused multiply-and-sum, where
+    # isfinite(...).all() wrote a boolean per float and reduced those apart. DQN with dqn.py's
+    # settings (10 envs, a 44k-float learner), one replay warm-up iteration on one core (median
+    # of 3): 34 us checked that way, 26 us this way, 15 us unchecked.
+    healthy = jnp.isfinite(jnp.sum(jnp.concatenate(floats) * 0)) if floats else jnp.bool_(True)
     metrics = [v.astype(jnp.float32).ravel() for v in learn_metrics.values() if jnp.issubdtype(v.dtype, jnp.floating)]
     return healthy & ~jnp.isinf(jnp.concatenate(metrics)).any() if metrics else healthy
 

@@ -110,3 +110,25 @@ def test_cli_sweep_table_and_summary_name_the_diverged_runs(tmp_path, capsys):
     assert [(r["lr"], r["seed"], r["iteration"]) for r in summary["diverged"]] == [(1e30, 0, DIVERGED), (1e30, 1, DIVERGED)]
     rows = (run_dir / "results.csv").read_text().splitlines()
     assert rows[0].endswith("diverged_at") and rows[1].endswith(",") and rows[3].endswith(f",{DIVERGED}")
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_finite_flags_one_bad_float_in_any_leaf(bad):
+    """``loop.finite`` (a fused sum of ``x * 0``) against NumPy's isfinite, one bad float placed in
+    each leaf in turn, compiled as in the loop; metrics may be NaN (by design) but not infinite."""
+    from jaxrl.loop import finite
+
+    agent = {"params": {"w": np.ones((4, 3), np.float32), "b": np.zeros(3, np.float32)},
+             "opt": (np.full(12, 1e30, np.float32), np.int32(7)), "steps": np.int32(3)}
+    stats = (np.arange(5, dtype=np.float32), np.float32(2.0))
+    check = jax.jit(finite)
+    assert bool(check(agent, stats, {"loss": jnp.float32(np.nan)}))  # huge but finite; a NaN metric is allowed
+    leaves, tree = jax.tree.flatten((agent, stats))
+    floats = [i for i, x in enumerate(leaves) if np.issubdtype(x.dtype, np.floating)]
+    assert len(floats) == 5
+    for i in floats:
+        broken = [np.array(x) for x in leaves]
+        broken[i].reshape(-1)[-1] = bad
+        assert not np.isfinite(broken[i]).all()
+        assert not bool(check(*jax.tree.unflatten(tree, broken), {"loss": jnp.float32(0.0)})), i
+    assert not bool(check(agent, stats, {"loss": jnp.float32(np.inf)}))
