@@ -366,3 +366,33 @@ def compiler_options(platform: str | None = None) -> dict[str, Any]:
     if os.environ.get("JAXRL_XLA_DEFAULTS") == "1":
         return {}
     return dict(CPU_COMPILER_OPTIONS) if (platform or jax.default_backend()) == "cpu" else {}
+
+
+def _unroll_threefry_on_cpu() -> bool:
+    """Lower JAX's threefry hash (every random draw, key split and fold-in) on the CPU as
+    straight-line code, as JAX already does on GPUs and TPUs; returns whether it did.
+
+    On the CPU, JAX lowers it as a loop of 5 trips, for compile time: every draw then runs a
+    while loop of about 30 tiny kernels, and XLA's CPU runtime pays per kernel. Straight-line,
+    the hash fuses into one kernel with what uses its bits. Same algorithm, same bits (tested
+    against JAX's own lowering). DQN with dqn.py's settings, 1 seed: 1,445 kernels per iteration
+    before, and 19% more env steps/s; PPO unchanged; compile times unchanged (README, Speed).
+    It applies to every program lowered in this process after jaxrl.loop is imported (a user's
+    own too, with the same bits); ``JAXRL_XLA_DEFAULTS=1`` keeps JAX's lowering. Skipped,
+    leaving JAX's, if JAX's internals it uses are not there (another JAX version).
+    """
+    if os.environ.get("JAXRL_XLA_DEFAULTS") == "1":
+        return False
+    try:
+        from jax._src import prng
+        from jax.interpreters import mlir
+
+        straight = mlir.lower_fun(functools.partial(prng._threefry2x32_lowering, use_rolled_loops=False),
+                                  multiple_results=True)
+        mlir.register_lowering(prng.threefry2x32_p, straight, platform="cpu")
+    except (ImportError, AttributeError, TypeError):
+        return False
+    return True
+
+
+THREEFRY_UNROLLED = _unroll_threefry_on_cpu()

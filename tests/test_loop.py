@@ -124,3 +124,34 @@ def test_compiler_options(monkeypatch):
     assert jaxrl.compiler_options("gpu") == {} and jaxrl.compiler_options("tpu") == {}
     monkeypatch.setenv("JAXRL_XLA_DEFAULTS", "1")
     assert jaxrl.compiler_options("cpu") == {}
+
+
+def test_threefry_runs_straight_line_on_cpu_with_jax_bits(tmp_path):
+    """jaxrl lowers JAX's threefry hash without its CPU loop (no while loop in a program of draws,
+    splits and fold-ins) and every bit equals JAX's own lowering's, computed by a fresh
+    interpreter that never imports jaxrl."""
+    import subprocess
+    import sys
+
+    from jaxrl import loop
+
+    code = """if True:
+        import sys, jax, numpy as np
+        def draws(k):
+            k1, k2 = jax.random.split(k)
+            return (jax.random.uniform(k1, (7, 3)), jax.random.bits(jax.random.fold_in(k2, 3), (1000,)),
+                    jax.random.key_data(jax.random.split(k, 5)), jax.random.normal(k2, (2, 513)),
+                    jax.random.categorical(k1, jax.numpy.zeros((64, 6))))
+        keys = jax.vmap(jax.random.key)(jax.numpy.arange(3))
+        program = jax.jit(jax.vmap(draws))
+        assert ("while" in program.lower(keys).as_text()) == (sys.argv[1] == "jax")
+        np.savez(sys.argv[2], *jax.device_get(program(keys)))
+    """
+    assert loop.THREEFRY_UNROLLED and jax.default_backend() == "cpu"
+    subprocess.run([sys.executable, "-c", code, "jax", str(tmp_path / "jax.npz")], check=True)
+    subprocess.run([sys.executable, "-c", "import jaxrl.loop\n" + code, "jaxrl", str(tmp_path / "jaxrl.npz")],
+                   check=True)
+    ours, theirs = np.load(tmp_path / "jaxrl.npz"), np.load(tmp_path / "jax.npz")
+    assert len(ours.files) == 5
+    for name in ours.files:
+        np.testing.assert_array_equal(ours[name], theirs[name])
