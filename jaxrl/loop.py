@@ -369,20 +369,21 @@ def compiler_options(platform: str | None = None) -> dict[str, Any]:
 
 
 def _unroll_threefry_on_cpu() -> bool:
-    """Lower JAX's threefry hash (every random draw, key split and fold-in) on the CPU as
-    straight-line code, as JAX already does on GPUs and TPUs; returns whether it did.
+    """With ``JAXRL_STRAIGHT_THREEFRY=1``: lower JAX's threefry hash (every random draw, key split
+    and fold-in) on the CPU as straight-line code, as JAX already does on GPUs and TPUs; returns
+    whether it did.
 
     On the CPU, JAX lowers it as a loop of 5 trips, for compile time: every draw then runs a
     while loop of about 30 tiny kernels, and XLA's CPU runtime pays per kernel. Straight-line,
     the hash fuses into one kernel with what uses its bits. Same algorithm, same bits (tested
-    against JAX's own lowering). DQN with dqn.py's settings: 1,299 kernels per iteration before,
-    122 after (16 seeds), 19% more env steps/s at 1 seed; PPO within noise; compile times
-    unchanged (README, Speed).
-    It applies to every program lowered in this process after jaxrl.loop is imported (a user's
-    own too, with the same bits); ``JAXRL_XLA_DEFAULTS=1`` keeps JAX's lowering. Skipped,
-    leaving JAX's, if JAX's internals it uses are not there (another JAX version).
+    against JAX's own lowering). A trade, hence opt-in: DQN with dqn.py's settings runs 19% more
+    env steps/s at 1 seed (1,299 kernels per iteration before, 122 after, at 16 seeds) and PPO
+    as fast, but programs with many draw sites compile slower (rainbow_cartpole 16.7 s against
+    12.9 s) and the test suite ran about 40% longer (README, Speed). It applies to every program
+    lowered in this process after jaxrl.loop is imported (a user's own too, with the same bits).
+    Skipped, leaving JAX's, if JAX's internals it uses are not there (another JAX version).
     """
-    if os.environ.get("JAXRL_XLA_DEFAULTS") == "1":
+    if os.environ.get("JAXRL_STRAIGHT_THREEFRY") != "1":
         return False
     try:
         from jax._src import prng

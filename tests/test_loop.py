@@ -126,14 +126,13 @@ def test_compiler_options(monkeypatch):
     assert jaxrl.compiler_options("cpu") == {}
 
 
-def test_threefry_runs_straight_line_on_cpu_with_jax_bits(tmp_path):
-    """jaxrl lowers JAX's threefry hash without its CPU loop (no while loop in a program of draws,
-    splits and fold-ins) and every bit equals JAX's own lowering's, computed by a fresh
-    interpreter that never imports jaxrl."""
+def test_straight_threefry_on_cpu_draws_jax_bits(tmp_path):
+    """``JAXRL_STRAIGHT_THREEFRY=1`` lowers JAX's threefry hash without its CPU loop (no while loop
+    in a program of draws, splits and fold-ins) and every bit equals JAX's own lowering's, computed
+    by a fresh interpreter that never imports jaxrl; without the variable jaxrl keeps JAX's loop."""
+    import os
     import subprocess
     import sys
-
-    from jaxrl import loop
 
     code = """if True:
         import sys, jax, numpy as np
@@ -144,14 +143,18 @@ def test_threefry_runs_straight_line_on_cpu_with_jax_bits(tmp_path):
                     jax.random.categorical(k1, jax.numpy.zeros((64, 6))))
         keys = jax.vmap(jax.random.key)(jax.numpy.arange(3))
         program = jax.jit(jax.vmap(draws))
-        assert ("while" in program.lower(keys).as_text()) == (sys.argv[1] == "jax")
+        assert ("while" in program.lower(keys).as_text()) == (sys.argv[1] == "loop")
         np.savez(sys.argv[2], *jax.device_get(program(keys)))
     """
-    assert loop.THREEFRY_UNROLLED and jax.default_backend() == "cpu"
-    subprocess.run([sys.executable, "-c", code, "jax", str(tmp_path / "jax.npz")], check=True)
-    subprocess.run([sys.executable, "-c", "import jaxrl.loop\n" + code, "jaxrl", str(tmp_path / "jaxrl.npz")],
-                   check=True)
-    ours, theirs = np.load(tmp_path / "jaxrl.npz"), np.load(tmp_path / "jax.npz")
-    assert len(ours.files) == 5
-    for name in ours.files:
-        np.testing.assert_array_equal(ours[name], theirs[name])
+    env = {k: v for k, v in os.environ.items() if k != "JAXRL_STRAIGHT_THREEFRY"}
+    for name, prefix, extra in (("jax", "", {}), ("default", "import jaxrl.loop\n", {}),
+                                ("straight", "import jaxrl.loop\n", {"JAXRL_STRAIGHT_THREEFRY": "1"})):
+        kind = "straight" if extra else "loop"
+        subprocess.run([sys.executable, "-c", prefix + code, kind, str(tmp_path / f"{name}.npz")], check=True,
+                       env={**env, **extra})
+    reference = np.load(tmp_path / "jax.npz")
+    assert len(reference.files) == 5
+    for name in ("default", "straight"):
+        ours = np.load(tmp_path / f"{name}.npz")
+        for array in reference.files:
+            np.testing.assert_array_equal(ours[array], reference[array], err_msg=f"{name} {array}")
