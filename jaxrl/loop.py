@@ -379,7 +379,8 @@ def _unroll_threefry_on_cpu() -> bool:
     against JAX's own lowering). A trade, hence opt-in: DQN with dqn.py's settings runs 19% more
     env steps/s at 1 seed (1,299 kernels per iteration before, 122 after, at 16 seeds) and PPO
     as fast, but programs with many draw sites compile slower (rainbow_cartpole 16.7 s against
-    12.9 s) and the test suite ran about 40% longer (README, Speed). It applies to every program
+    12.9 s) and the test suite ran far longer (66% done after 34 minutes instead of 19; README,
+    Speed). It applies to every program
     lowered in this process after jaxrl.loop is imported (a user's own too, with the same bits).
     Skipped, leaving JAX's, if JAX's internals it uses are not there (another JAX version).
     """
