@@ -380,8 +380,8 @@ def _unroll_threefry_on_cpu() -> bool:
     env steps/s at 1 seed (1,299 kernels per iteration before, 122 after, at 16 seeds) and PPO
     as fast, but programs with many draw sites compile slower (rainbow_cartpole 16.7 s against
     12.9 s) and the test suite ran far longer (66% done after 34 minutes instead of 19; README,
-    Speed). It applies to every program
-    lowered in this process after jaxrl.loop is imported (a user's own too, with the same bits).
+    Speed). It applies to every program lowered in this process after jaxrl.loop is imported (a
+    user's own too, with the same bits).
     Skipped, leaving JAX's, if JAX's internals it uses are not there (another JAX version).
     """
     if os.environ.get("JAXRL_STRAIGHT_THREEFRY") != "1":
