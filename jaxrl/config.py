@@ -78,6 +78,9 @@ class Config:
     eval_deterministic: bool = True  # greedy / mean actions; false samples from the policy
     eval_env_kwargs: dict = dataclasses.field(default_factory=dict)  # eval env = env_kwargs updated by these
     eval_max_steps: int = 100_000  # bound on one evaluation's env steps per episode
+    # draw random numbers with JAX's threefry hash unrolled on the CPU (same bits, fewer kernels,
+    # slower compiles where a program draws in many places: see jaxrl.rng)
+    straight_rng: bool = False
     gamma: float = traced(0.99)
 
     # ----------------------------------------------------------------- derived sizes

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
-from jaxrl import envs, networks, parallel
+from jaxrl import envs, networks, parallel, rng
 from jaxrl.algos import algo_module
 from jaxrl.config import Config, ConfigError, RoundingWarning
 from jaxrl.core import Context, Metrics, Spec, map_per_device, nan_like
@@ -221,9 +221,15 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
                                  jax.random.key(0))
         specs = TrainState(parallel.agent_specs(example), sharded, P(), RewardScaler(sharded, P()), P(), P(), P())
 
+    def draw_with(key: jax.Array) -> jax.Array:
+        """The key this program draws from: straight-line threefry if the config asks (the
+        state keeps the caller's kind of key, with the same data: see :mod:`jaxrl.rng`)."""
+        return rng.straight(key) if config.straight_rng else key
+
     def init(key: jax.Array, hparams: dict | None = None, inputs: Any = None) -> TrainState:
         hp = hparams_of(hparams)
-        key, k_env, k_agent = jax.random.split(key, 3)
+        given = key
+        key, k_env, k_agent = jax.random.split(draw_with(key), 3)
         env_keys = jax.random.split(k_env, n_envs)  # this device's slice of the run's env keys
         if axis is not None:
             env_keys = jax.lax.dynamic_slice_in_dim(env_keys, jax.lax.axis_index(axis) * n_local, n_local)
@@ -231,13 +237,13 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
         ctx = context(hp, jnp.int32(0), inputs)
         agent = algo.init(ctx, k_agent)  # same key on every device: same params
         side = EnvSide(env_state, obs, jnp.ones(n_local, bool), _broadcast(init_carry(ctx), n_local))
-        state = TrainState(agent, side, RunningStats.create(spec.obs_shape), RewardScaler.create(n_local), key,
-                           jnp.int32(0), jnp.int32(-1))
+        state = TrainState(agent, side, RunningStats.create(spec.obs_shape), RewardScaler.create(n_local),
+                           rng.like(key, given), jnp.int32(0), jnp.int32(-1))
         return state if axis is None else parallel.to_varying(state, specs, axis)
 
     def iteration(state: TrainState, hp: dict, i: jax.Array, inputs: Any) -> tuple[TrainState, Metrics]:
         ctx = context(hp, i, inputs, state.obs_stats)  # statistics frozen for the iteration
-        key, k_roll, k_learn, k_eval = jax.random.split(state.key, 4)
+        key, k_roll, k_learn, k_eval = jax.random.split(draw_with(state.key), 4)
         k_roll, k_learn = parallel.local_key(k_roll, axis), parallel.local_key(k_learn, axis)
         side, obs_stats, scaler, traj, episode_metrics = state.env, state.obs_stats, state.reward_scaler, None, {}
         if online:
@@ -263,7 +269,8 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
         healthy = finite(agent, (obs_stats, scaler.stats), metrics)
         diverged_at = jnp.where((state.diverged_at < 0) & ~healthy, i, state.diverged_at)
         metrics = {"env_steps": ctx.env_steps + config.steps_per_iteration, **episode_metrics, **metrics}
-        new_state = TrainState(agent, side, obs_stats, scaler, key, state.iteration + 1, diverged_at)
+        new_state = TrainState(agent, side, obs_stats, scaler, rng.like(key, state.key), state.iteration + 1,
+                               diverged_at)
         if evaluate is not None:  # after the update, on iterations eval_every, 2*eval_every, ...
             # (data parallel: every device plays the same episodes with the same key and the same
             # replicated params, so the result is replicated too)
@@ -367,35 +374,3 @@ def compiler_options(platform: str | None = None) -> dict[str, Any]:
         return {}
     return dict(CPU_COMPILER_OPTIONS) if (platform or jax.default_backend()) == "cpu" else {}
 
-
-def _unroll_threefry_on_cpu() -> bool:
-    """With ``JAXRL_STRAIGHT_THREEFRY=1``: lower JAX's threefry hash (every random draw, key split
-    and fold-in) on the CPU as straight-line code, as JAX already does on GPUs and TPUs; returns
-    whether it did.
-
-    On the CPU, JAX lowers it as a loop of 5 trips, for compile time: every draw then runs a
-    while loop of about 30 tiny kernels, and XLA's CPU runtime pays per kernel. Straight-line,
-    the hash fuses into one kernel with what uses its bits. Same algorithm, same bits (tested
-    against JAX's own lowering). A trade, hence opt-in: DQN with dqn.py's settings runs 19% more
-    env steps/s at 1 seed (1,299 kernels per iteration before, 122 after, at 16 seeds) and PPO
-    as fast, but programs with many draw sites compile slower (rainbow_cartpole 16.7 s against
-    12.9 s) and the test suite ran far longer (66% done after 34 minutes instead of 19; README,
-    Speed). It applies to every program lowered in this process after jaxrl.loop is imported (a
-    user's own too, with the same bits).
-    Skipped, leaving JAX's, if JAX's internals it uses are not there (another JAX version).
-    """
-    if os.environ.get("JAXRL_STRAIGHT_THREEFRY") != "1":
-        return False
-    try:
-        from jax._src import prng
-        from jax.interpreters import mlir
-
-        straight = mlir.lower_fun(functools.partial(prng._threefry2x32_lowering, use_rolled_loops=False),
-                                  multiple_results=True)
-        mlir.register_lowering(prng.threefry2x32_p, straight, platform="cpu")
-    except (ImportError, AttributeError, TypeError):
-        return False
-    return True
-
-
-THREEFRY_UNROLLED = _unroll_threefry_on_cpu()

@@ -67,20 +67,18 @@ def test_metrics_are_one_small_row_per_iteration():
 
 
 def test_traced_hyperparameters_are_used():
+    # one vmapped sweep over lr: lr 0 leaves the parameters as initialised, and lr 1e-3 equals a run
+    # of the config with that lr baked in (over 2 iterations: batched and unbatched programs round
+    # differently, and training amplifies that over a run)
     config = _config("ppo")
+    config = config.replace(total_steps=2 * config.steps_per_iteration)
     train = jaxrl.make_train(config)
     key = jax.random.key(0)
-    frozen = jax.jit(train)(key, {"lr": 0.0})
-    init = jax.jit(train.init)(key)
-    _assert_trees_close(frozen.state.agent.params, init.agent.params, rtol=0, atol=0)
-    # a vmapped sweep over lr equals runs of configs with that lr baked in (over 2 iterations:
-    # batched and unbatched programs round differently, and training amplifies that over a run)
-    config = config.replace(total_steps=2 * config.steps_per_iteration)
-    lrs = jnp.array([1e-4, 1e-3])
-    swept = jax.jit(jax.vmap(jaxrl.make_train(config), in_axes=(None, 0)))(key, {"lr": lrs})
-    for i, lr in enumerate([1e-4, 1e-3]):
-        alone = jax.jit(jaxrl.make_train(config.replace(lr=lr)))(key)
-        _assert_trees_close(jax.tree.map(lambda x: x[i], swept.state.agent.params), alone.state.agent.params)
+    swept = jax.jit(jax.vmap(train, in_axes=(None, 0)))(key, {"lr": jnp.array([0.0, 1e-3])})
+    row = lambda i: jax.tree.map(lambda x: x[i], swept.state.agent.params)  # noqa: E731
+    _assert_trees_close(row(0), jax.jit(train.init)(key).agent.params, rtol=0, atol=0)
+    alone = jax.jit(jaxrl.make_train(config.replace(lr=1e-3)))(key)
+    _assert_trees_close(row(1), alone.state.agent.params)
     moved = [np.abs(np.asarray(p[1]) - np.asarray(p[0])).max() for p in jax.tree.leaves(swept.state.agent.params)]
     assert max(moved) > 1e-3  # the rows really trained with different learning rates
 
@@ -101,7 +99,9 @@ def test_observation_normalization_statistics():
     ("brax/inverted_pendulum", "ppo_pendulum"),  # brax physics, continuous actions
 ])
 def test_other_observation_and_action_spaces_train(env, algo):
-    extra = {"learning_starts": 64, "buffer_size": 256} if algo.startswith("dqn") else {"num_minibatches": 2}
+    # (dqn_cartpole's straight-line threefry compiles MinAtar's many draws slower: off here, same bits)
+    extra = ({"learning_starts": 64, "buffer_size": 256, "straight_rng": False} if algo.startswith("dqn")
+             else {"num_minibatches": 2})
     config = jaxrl.load_config(algo, env=env, num_envs=4, num_steps=16, total_steps=4 * 16 * 3, **extra)
     out = jax.jit(jaxrl.make_train(config))(jax.random.key(0))
     assert np.isfinite(np.asarray(out.metrics["loss"])[-1])
@@ -124,37 +124,3 @@ def test_compiler_options(monkeypatch):
     assert jaxrl.compiler_options("gpu") == {} and jaxrl.compiler_options("tpu") == {}
     monkeypatch.setenv("JAXRL_XLA_DEFAULTS", "1")
     assert jaxrl.compiler_options("cpu") == {}
-
-
-def test_straight_threefry_on_cpu_draws_jax_bits(tmp_path):
-    """``JAXRL_STRAIGHT_THREEFRY=1`` lowers JAX's threefry hash without its CPU loop (no while loop
-    in a program of draws, splits and fold-ins) and every bit equals JAX's own lowering's, computed
-    by a fresh interpreter that never imports jaxrl; without the variable jaxrl keeps JAX's loop."""
-    import os
-    import subprocess
-    import sys
-
-    code = """if True:
-        import sys, jax, numpy as np
-        def draws(k):
-            k1, k2 = jax.random.split(k)
-            return (jax.random.uniform(k1, (7, 3)), jax.random.bits(jax.random.fold_in(k2, 3), (1000,)),
-                    jax.random.key_data(jax.random.split(k, 5)), jax.random.normal(k2, (2, 513)),
-                    jax.random.categorical(k1, jax.numpy.zeros((64, 6))))
-        keys = jax.vmap(jax.random.key)(jax.numpy.arange(3))
-        program = jax.jit(jax.vmap(draws))
-        assert ("while" in program.lower(keys).as_text()) == (sys.argv[1] == "loop")
-        np.savez(sys.argv[2], *jax.device_get(program(keys)))
-    """
-    env = {k: v for k, v in os.environ.items() if k != "JAXRL_STRAIGHT_THREEFRY"}
-    for name, prefix, extra in (("jax", "", {}), ("default", "import jaxrl.loop\n", {}),
-                                ("straight", "import jaxrl.loop\n", {"JAXRL_STRAIGHT_THREEFRY": "1"})):
-        kind = "straight" if extra else "loop"
-        subprocess.run([sys.executable, "-c", prefix + code, kind, str(tmp_path / f"{name}.npz")], check=True,
-                       env={**env, **extra})
-    reference = np.load(tmp_path / "jax.npz")
-    assert len(reference.files) == 5
-    for name in ("default", "straight"):
-        ours = np.load(tmp_path / f"{name}.npz")
-        for array in reference.files:
-            np.testing.assert_array_equal(ours[array], reference[array], err_msg=f"{name} {array}")

@@ -43,7 +43,8 @@ def _dqn_probe_config(kind: str, **options):
     # eps_end stays high so the wrong action keeps being sampled and its value is learned too
     settings = dict(env=f"probe/{kind}", total_steps=20_000, num_envs=16, num_steps=4, updates_per_iteration=4,
                     buffer_size=4096, learning_starts=512, target_update_interval=20, eps_fraction=0.3,
-                    eps_end=0.3, lr=3e-3, anneal_lr=False, gamma=GAMMA)
+                    eps_end=0.3, lr=3e-3, anneal_lr=False, gamma=GAMMA,
+                    straight_rng=False)  # the variants compile faster with JAX's own (same bits: test_rng.py)
     return jaxrl.load_config("dqn_cartpole", **{**settings, **options})
 
 
