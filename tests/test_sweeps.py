@@ -41,7 +41,11 @@ def test_sweep_equals_runs_one_at_a_time(config, result):
         for j, seed in enumerate(result.seeds):
             alone = jax.device_get(jax.jit(train)(jax.random.key(seed)))
             for name, values in alone.metrics.items():
-                np.testing.assert_allclose(result.metrics[name][i, j], values, rtol=1e-4, atol=1e-5, err_msg=name)
+                # a gradient's norm sums many squares: batched and unbatched programs' rounding
+                # differed there by 5.6e-4 (relative) at the 4th iteration on an AMD EPYC machine,
+                # while the parameters below still agree to 1e-5
+                rtol = 1e-3 if name == "grad_norm" else 1e-4
+                np.testing.assert_allclose(result.metrics[name][i, j], values, rtol=rtol, atol=1e-5, err_msg=name)
             np.testing.assert_allclose(
                 jax.tree.leaves(result.state.agent.params)[0][i, j], jax.tree.leaves(alone.state.agent.params)[0],
                 rtol=1e-5, atol=1e-6)
