@@ -10,9 +10,9 @@ rewraps its keys (:func:`straight`) when the config asks for it and hands them b
 caller's implementation (:func:`like`), so the state, checkpoints and outputs do not change
 and every draw gives the bits JAX's own threefry gives (tested for each kind of draw).
 
-It is a trade made per program (``Config.straight_rng``): DQN with dqn.py's settings runs
-~20% more env steps/s with it at the same compile time, while programs with many draw sites
-compile slower (README, Speed). Only the partitionable threefry (JAX's default since 0.5) is
+It is a trade made per program (``Config.straight_rng``): plain DQN and PQN ran 8-27% more env
+steps/s with it, compiling about a second longer; C51, IQN, Rainbow and SAC ran slower, and
+programs that draw in many places compile slower (README, Speed). Only the partitionable threefry (JAX's default since 0.5) is
 reproduced; with ``jax_threefry_partitionable`` off, or on another backend than the CPU,
 :func:`straight` leaves keys as they are.
 """
