@@ -15,7 +15,7 @@ LAYERS = {
     "jaxrl.config": 2, "jaxrl.core": 2, "jaxrl.metrics": 2, "jaxrl.stats": 2,
     # building blocks, pure and jittable
     "jaxrl.returns": 3, "jaxrl.losses": 3, "jaxrl.networks": 3, "jaxrl.optim": 3, "jaxrl.targets": 3,
-    "jaxrl.replay": 3, "jaxrl.normalize": 3, "jaxrl.batching": 3, "jaxrl.explore": 3,
+    "jaxrl.replay": 3, "jaxrl.normalize": 3, "jaxrl.batching": 3, "jaxrl.explore": 3, "jaxrl.rng": 3,
     "jaxrl.algos": 4,  # one module per family
     # programs built over train
     "jaxrl.loop": 5, "jaxrl.rollout": 5, "jaxrl.evaluate": 5, "jaxrl.sweeps": 5, "jaxrl.parallel": 5,
