@@ -11,8 +11,8 @@ caller's implementation (:func:`like`), so the state, checkpoints and outputs do
 and every draw gives the bits JAX's own threefry gives (tested for each kind of draw).
 
 It is a trade made per program (``Config.straight_rng``): plain DQN and PQN ran 8-27% more env
-steps/s with it, compiling about a second longer; C51, IQN, Rainbow and SAC ran slower, and
-programs that draw in many places compile slower (README, Speed). Only the partitionable threefry (JAX's default since 0.5) is
+steps/s with it, compiling about a second longer; C51, IQN, Rainbow and SAC ran as fast as
+without it (within run-to-run noise) and compiled 1-9 s longer (README, Speed). Only the partitionable threefry (JAX's default since 0.5) is
 reproduced; with ``jax_threefry_partitionable`` off, or on another backend than the CPU,
 :func:`straight` leaves keys as they are.
 """
