@@ -221,15 +221,10 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
                                  jax.random.key(0))
         specs = TrainState(parallel.agent_specs(example), sharded, P(), RewardScaler(sharded, P()), P(), P(), P())
 
-    def draw_with(key: jax.Array) -> jax.Array:
-        """The key this program draws from: straight-line threefry if the config asks (the
-        state keeps the caller's kind of key, with the same data: see :mod:`jaxrl.rng`)."""
-        return rng.straight(key) if config.straight_rng else key
-
     def init(key: jax.Array, hparams: dict | None = None, inputs: Any = None) -> TrainState:
         hp = hparams_of(hparams)
-        given = key
-        key, k_env, k_agent = jax.random.split(draw_with(key), 3)
+        # (the state keeps the caller's kind of key; draws use straight-line threefry if asked)
+        key, k_env, k_agent = rng.split(key, 3, config.straight_rng)
         env_keys = jax.random.split(k_env, n_envs)  # this device's slice of the run's env keys
         if axis is not None:
             env_keys = jax.lax.dynamic_slice_in_dim(env_keys, jax.lax.axis_index(axis) * n_local, n_local)
@@ -237,13 +232,13 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
         ctx = context(hp, jnp.int32(0), inputs)
         agent = algo.init(ctx, k_agent)  # same key on every device: same params
         side = EnvSide(env_state, obs, jnp.ones(n_local, bool), _broadcast(init_carry(ctx), n_local))
-        state = TrainState(agent, side, RunningStats.create(spec.obs_shape), RewardScaler.create(n_local),
-                           rng.like(key, given), jnp.int32(0), jnp.int32(-1))
+        state = TrainState(agent, side, RunningStats.create(spec.obs_shape), RewardScaler.create(n_local), key,
+                           jnp.int32(0), jnp.int32(-1))
         return state if axis is None else parallel.to_varying(state, specs, axis)
 
     def iteration(state: TrainState, hp: dict, i: jax.Array, inputs: Any) -> tuple[TrainState, Metrics]:
         ctx = context(hp, i, inputs, state.obs_stats)  # statistics frozen for the iteration
-        key, k_roll, k_learn, k_eval = jax.random.split(draw_with(state.key), 4)
+        key, k_roll, k_learn, k_eval = rng.split(state.key, 4, config.straight_rng)
         k_roll, k_learn = parallel.local_key(k_roll, axis), parallel.local_key(k_learn, axis)
         side, obs_stats, scaler, traj, episode_metrics = state.env, state.obs_stats, state.reward_scaler, None, {}
         if online:
@@ -269,8 +264,7 @@ def make_train(config: Config, data_parallel: parallel.DataParallel | None = Non
         healthy = finite(agent, (obs_stats, scaler.stats), metrics)
         diverged_at = jnp.where((state.diverged_at < 0) & ~healthy, i, state.diverged_at)
         metrics = {"env_steps": ctx.env_steps + config.steps_per_iteration, **episode_metrics, **metrics}
-        new_state = TrainState(agent, side, obs_stats, scaler, rng.like(key, state.key), state.iteration + 1,
-                               diverged_at)
+        new_state = TrainState(agent, side, obs_stats, scaler, key, state.iteration + 1, diverged_at)
         if evaluate is not None:  # after the update, on iterations eval_every, 2*eval_every, ...
             # (data parallel: every device plays the same episodes with the same key and the same
             # replicated params, so the result is replicated too)

@@ -12,9 +12,10 @@ and every draw gives the bits JAX's own threefry gives (tested for each kind of 
 
 It is a trade made per program (``Config.straight_rng``): plain DQN and PQN ran 8-27% more env
 steps/s with it, compiling about a second longer; C51, IQN, Rainbow and SAC ran as fast as
-without it (within run-to-run noise) and compiled 1-9 s longer (README, Speed). Only the partitionable threefry (JAX's default since 0.5) is
-reproduced; with ``jax_threefry_partitionable`` off, or on another backend than the CPU,
-:func:`straight` leaves keys as they are.
+without it (within run-to-run noise) and compiled 1-9 s longer (README, Speed). Only the
+partitionable threefry (JAX's default since 0.5) is reproduced; with
+``jax_threefry_partitionable`` off, or on another backend than the CPU, :func:`straight` leaves
+keys as they are.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ if _prng is not None:
     _prng.register_prng(STRAIGHT)
 
 
-def applies(key: jax.Array) -> bool:
+def _applies(key: jax.Array) -> bool:
     """Whether :func:`straight` rewraps ``key``: a typed threefry key, on a CPU, with JAX's
     partitionable threefry (the bits :data:`STRAIGHT` reproduces)."""
     return (STRAIGHT is not None and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
@@ -78,8 +79,8 @@ def applies(key: jax.Array) -> bool:
 
 def straight(key: jax.Array) -> jax.Array:
     """``key`` (JAX's threefry) as a :data:`STRAIGHT` key with the same data; other keys as
-    they are (see :func:`applies`)."""
-    return jax.random.wrap_key_data(jax.random.key_data(key), impl=STRAIGHT) if applies(key) else key
+    they are (see :func:`_applies`)."""
+    return jax.random.wrap_key_data(jax.random.key_data(key), impl=STRAIGHT) if _applies(key) else key
 
 
 def like(key: jax.Array, original: jax.Array) -> jax.Array:
@@ -87,3 +88,11 @@ def like(key: jax.Array, original: jax.Array) -> jax.Array:
     if jax.random.key_impl(key) == jax.random.key_impl(original):
         return key
     return jax.random.wrap_key_data(jax.random.key_data(key), impl=jax.random.key_impl(original))
+
+
+def split(key: jax.Array, num: int, straight_line: bool) -> tuple[jax.Array, ...]:
+    """``num`` keys split from ``key``: the first, to carry on, of ``key``'s own kind; the others,
+    to draw with, :data:`STRAIGHT` keys where ``straight_line`` (and :func:`straight` applies).
+    The same key data either way."""
+    keys = jax.random.split(straight(key) if straight_line else key, num)
+    return (like(keys[0], key), *keys[1:])
