@@ -19,6 +19,16 @@ for _name, _value in CPU_COMPILER_OPTIONS.items():
     if _name not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{_name}={_value}".strip()
 
+
+
+def xla_flags(devices: int | None = None) -> str:
+    """XLA_FLAGS for a test's subprocess that sets its own: the CPU compiler options this process
+    uses (a subprocess's raw ``jax.jit`` programs compile with them too, as users' runs do) and,
+    when given, a number of simulated CPU devices."""
+    flags = [f"--{name}={value}" for name, value in CPU_COMPILER_OPTIONS.items()]
+    return " ".join(([f"--xla_force_host_platform_device_count={devices}"] if devices else []) + flags)
+
+
 # In-process `jaxrl train/sweep/bench` calls must not turn on the persistent compilation cache in
 # ~/.cache for the whole test process (test_compile_cache.py runs subprocesses with their own).
 os.environ.setdefault("JAXRL_NO_COMPILE_CACHE", "1")

@@ -75,7 +75,8 @@ def test_resume_is_bit_identical(tmp_path, name):
 
 def test_resume_refuses_other_config(tmp_path):
     config = load_config("ppo_cartpole", **SMALL["ppo_cartpole"])
-    train_seeds(config, 1, chunk_size=8, checkpoint_dir=tmp_path)
+    # 1 seed in chunks of 4, as in this file's other PPO tests: one program, compiled once per session
+    train_seeds(config, 1, chunk_size=4, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="lr"):
         train_seeds(config.replace(lr=1e-3), 1, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ValueError, match="seed"):
@@ -105,7 +106,7 @@ def test_incomplete_newest_checkpoint_is_skipped(tmp_path):
 def test_keeps_last_k_and_best(tmp_path):
     config = load_config("ppo_cartpole", **SMALL["ppo_cartpole"])
     ckpt = Checkpointer(tmp_path, keep=2)
-    state = train_seeds(config, 1, chunk_size=16).state
+    state = train_seeds(config, 1, chunk_size=4).state
     scores = [5.0, 50.0, 1.0, 2.0, 3.0]
     for i, s in enumerate(scores, 1):
         m = {"episode_return": np.full((1, i), s, np.float32), "episodes": np.ones((1, i), np.float32)}

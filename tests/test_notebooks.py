@@ -15,6 +15,11 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 SMALL = {"TOTAL_STEPS": "20_480", "SEEDS": "3"}
+# autorl compiles about fifteen programs (PBT, successive halving's rungs, evolution strategies,
+# three Acrobot runs, a randomized run and its evaluation): ~200 s of the default run's ~20 minutes
+# on 2 cores, so it runs in the slow suite; each API it calls has its own tests in the default run
+# (test_pbt, test_hpo, test_meta, test_randomize, test_evaluate)
+SLOW_NOTEBOOKS = {"autorl"}
 
 
 def shrink(notebook: nbformat.NotebookNode) -> set[str]:
@@ -32,7 +37,8 @@ def shrink(notebook: nbformat.NotebookNode) -> set[str]:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_NOTEBOOKS else p
+                                  for p in NOTEBOOKS], ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path):
     notebook = nbformat.read(path, as_version=4)
     assert shrink(notebook) == set(SMALL), "every notebook sets TOTAL_STEPS and SEEDS once, near the top"

@@ -19,6 +19,7 @@ import textwrap
 import pytest
 
 import jaxrl.cli
+from tests.conftest import xla_flags
 
 D = 4
 
@@ -150,7 +151,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={D}", "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(D), "JAX_PLATFORMS": "cpu",
            "JAXRL_NO_COMPILE_CACHE": "1"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=900,
                           cwd=tmp_path_factory.mktemp("parallel"))

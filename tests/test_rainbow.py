@@ -27,6 +27,7 @@ from jaxrl.config import ConfigError
 from jaxrl.core import Context, Transition
 from jaxrl.checkpoint import Checkpointer
 from jaxrl.runner import train_seeds
+from tests.conftest import xla_flags
 from tests.test_checkpoint import Interrupted, assert_same_run
 
 ALPHA = 0.7
@@ -374,7 +375,7 @@ PARALLEL = textwrap.dedent("""
 
 @pytest.mark.slow  # a subprocess with 2 simulated devices: about 30 s of CPU
 def test_data_parallel_devices_keep_their_own_priorities(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2), "JAX_PLATFORMS": "cpu",
            "JAXRL_NO_COMPILE_CACHE": "1"}
     proc = subprocess.run([sys.executable, "-c", PARALLEL], capture_output=True, text=True, env=env, timeout=900,
                           cwd=tmp_path)

@@ -24,7 +24,7 @@ from jaxrl.core import Context, Transition
 from jaxrl import loop
 from jaxrl.envs import probes
 from jaxrl.rollout import make_rollout
-from tests.conftest import context, on_every_probe, probe_obs
+from tests.conftest import context, on_every_probe, probe_obs, xla_flags
 
 TINY = dict(hidden=[3], total_steps=64, num_envs=4, num_steps=16, value_minibatches=2)
 
@@ -283,7 +283,7 @@ def test_data_parallel_learn_equals_one_device_learn(tmp_path):
     gradient, Fisher products, surrogate and KL are means over all devices' transitions, so the
     accept decision is the one-device decision (shard_map's replicated outputs also prove it is
     the same on every device: a device-varying value could not be returned as replicated)."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={D}", "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(D), "JAX_PLATFORMS": "cpu",
            "JAXRL_NO_COMPILE_CACHE": "1"}
     proc = subprocess.run([sys.executable, "-c", PARALLEL], capture_output=True, text=True, env=env, timeout=600,
                           cwd=tmp_path)
