@@ -67,9 +67,10 @@ def test_stop_ends_the_run_and_keeps_the_last_finite_checkpoint(tmp_path):
 def test_warn_goes_on_to_the_end():
     config = jaxrl.load_config("dqn_cartpole", **DQN)
     with pytest.warns(DivergenceWarning, match="going on"):
-        run = train_seeds(config, num_seeds=1, chunk_size=5, hparams={"lr": 1e30}, on_divergence="warn")
+        # (2 seeds in chunks of 5: the program of the test above)
+        run = train_seeds(config, num_seeds=2, chunk_size=5, hparams={"lr": 1e30}, on_divergence="warn")
     assert not run.stopped and run.iterations_done == config.num_iterations
-    assert run.diverged == {0: DIVERGED}
+    assert run.diverged == {0: DIVERGED, 1: DIVERGED}
     with pytest.raises(ValueError, match="on_divergence must be one of stop, warn"):
         train_seeds(config, on_divergence="ignore")
 

@@ -34,9 +34,9 @@ def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
 def test_seed_i_in_vmapped_batch_equals_single_run(kind):
     config = _config(kind)
     train = jaxrl.make_train(config)
-    keys = jaxrl.seed_keys(config.seed, 3)
+    keys = jaxrl.seed_keys(config.seed, 2)  # 2 seeds: test_chunked_run_equals_whole_program's program
     batched = jax.jit(jax.vmap(train))(keys)
-    for i in (0, 2):
+    for i in (0, 1):
         single = jax.jit(train)(jax.random.key(config.seed + i))
         _assert_trees_close(jax.tree.map(lambda x: x[i], batched.state.agent.params), single.state.agent.params)
         _assert_trees_close(jax.tree.map(lambda x: x[i], batched.metrics), single.metrics, rtol=1e-4, atol=1e-5)
