@@ -1,11 +1,11 @@
 """Learning tests: thresholds a broken implementation cannot reach, several seeds vmapped each.
 
-The default run has PPO's CartPole and Pendulum configs at their full budgets and one short-budget
-test each for DQN and SAC (random play scores about -1200 on Pendulum-v1 and 22 on CartPole-v1;
-the PPO objectives' short tests are in test_ppo_objectives.py); the variants' short tests, the
-other full budgets and the issue's thresholds are in the slow suite (``pytest -m slow``). The CartPole PPO run (4 vmapped seeds x 976 iterations)
-doubles as the regression test for the CPU deadlock seen with jax 0.10 on 2 cores: it must
-finish (pytest-timeout guards it).
+The default run has PPO's CartPole config at its full budget and one short-budget test each for
+PPO on Pendulum, DQN and SAC (random play scores about -1200 on Pendulum-v1 and 22 on
+CartPole-v1; the PPO objectives' short tests are in test_ppo_objectives.py); the variants' short
+tests, the other full budgets and the issue's thresholds are in the slow suite (``pytest -m
+slow``). The CartPole PPO run (4 vmapped seeds x 976 iterations) doubles as the regression test
+for the CPU deadlock seen with jax 0.10 on 2 cores: it must finish (pytest-timeout guards it).
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ MEMORY_CHAIN_THRESHOLD = 0.9
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name, overrides, seeds, episodes, threshold", [
     ("ppo_cartpole", {}, 4, 100, 475.0),
-    ("ppo_pendulum", {}, 4, 100, -250.0),
+    # 2e5 of the config's 5e5 steps (measured: -238 over 4 seeds, -165 at the full budget; random
+    # play about -1200); the full budget and the issue's threshold in the slow suite
+    ("ppo_pendulum", {"total_steps": 100 * 2048}, 4, 100, -400.0),
+    pytest.param("ppo_pendulum", {}, 4, 100, -250.0, marks=SLOW),
     ("dqn_cartpole", DQN_SHORT, 2, 100, DQN_SHORT_THRESHOLD),  # the full budget (83 s on CI) in the slow suite
     pytest.param("dqn_cartpole", {}, 4, 100, 400.0, marks=SLOW),
     # DQN's variants on a short budget (5e4 steps, faster settings): the mean of the last 100 episodes.
