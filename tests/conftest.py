@@ -20,7 +20,6 @@ for _name, _value in CPU_COMPILER_OPTIONS.items():
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{_name}={_value}".strip()
 
 
-
 def xla_flags(devices: int | None = None) -> str:
     """XLA_FLAGS for a test's subprocess that sets its own: the CPU compiler options this process
     uses (a subprocess's raw ``jax.jit`` programs compile with them too, as users' runs do) and,
