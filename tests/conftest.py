@@ -15,17 +15,18 @@ from jaxrl.loop import CPU_COMPILER_OPTIONS
 # Every program of the suite is compiled with the XLA options jaxrl's own entry points use on a CPU
 # (jaxrl.compiler_options()), also those a test jits itself: faster to compile, as users' runs are.
 # XLA reads XLA_FLAGS when the first backend starts, which importing jax and jaxrl does not do.
-for _name, _value in CPU_COMPILER_OPTIONS.items():
+COMPILER_FLAGS = {name: f"--{name}={value}" for name, value in CPU_COMPILER_OPTIONS.items()}
+for _name, _flag in COMPILER_FLAGS.items():
     if _name not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{_name}={_value}".strip()
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
 
 
 def xla_flags(devices: int | None = None) -> str:
     """XLA_FLAGS for a test's subprocess that sets its own: the CPU compiler options this process
     uses (a subprocess's raw ``jax.jit`` programs compile with them too, as users' runs do) and,
     when given, a number of simulated CPU devices."""
-    flags = [f"--{name}={value}" for name, value in CPU_COMPILER_OPTIONS.items()]
-    return " ".join(([f"--xla_force_host_platform_device_count={devices}"] if devices else []) + flags)
+    devices_flag = [f"--xla_force_host_platform_device_count={devices}"] if devices else []
+    return " ".join(devices_flag + list(COMPILER_FLAGS.values()))
 
 
 # In-process `jaxrl train/sweep/bench` calls must not turn on the persistent compilation cache in
